@@ -1,0 +1,10 @@
+"""proxynorm: Proxy Normalization (Labatie et al., NeurIPS 2021) and the norms it is compared with.
+
+Batch-independent normalization that matches BatchNorm: GN/LN followed by a proxy-normalized
+activation step. See :func:`proxynorm.layers.norm_act` and :class:`proxynorm.layers.ProxyNormAct`.
+"""
+
+from proxynorm.layers import NormSpec, ProxyNormAct, norm_act, parse_spec
+
+__version__ = "0.1.0"
+__all__ = ["NormSpec", "ProxyNormAct", "__version__", "norm_act", "parse_spec"]

@@ -1,0 +1,156 @@
+"""The "normalization step + activation step" container shared by BN, LN, IN and GN.
+
+Labatie et al., NeurIPS 2021, Eqs. (3)-(4) and (7): a layer's norm step produces standardized
+pre-activations ``y`` with no affine transform; the activation step owns γ and β and computes either
+``φ(γ y + β)`` (:class:`AffineAct`) or the proxy-normalized ``z~`` (:class:`ProxyNormAct`).
+Keeping γ, β in the activation step is what lets analysis observe ``y`` exactly (SPEC §3): a forward
+hook on ``layer.norm`` sees ``y``. Without hooks and without PN, the two steps run fused in
+PyTorch's native norm kernel (same values, fewer passes over memory).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from proxynorm.layers.activation import Activation, act_name, inplace_act, resolve_act
+from proxynorm.layers.proxy_norm import ProxyNormAct
+from proxynorm.layers.validation import check_input, check_num_features
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def upcast(x: Tensor) -> Tensor:
+    """``x`` in float32 if it is float16/bfloat16 (norm statistics stay float32), else ``x``."""
+    return x.float() if x.dtype in _LOW_PRECISION else x
+
+
+class AffineAct(nn.Module):
+    r"""Plain activation step :math:`z_c = \varphi(\gamma_c y_c + \beta_c)` (Eq. 4).
+
+    Args:
+        num_features: number of channels C.
+        act: activation φ by name or callable; ``None`` gives the affine transform alone.
+
+    Shape:
+        Input (N, C) or (N, C, H, W); output the same shape and dtype.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        act: Activation = "relu",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_features = check_num_features(num_features)
+        self.act_name = act_name(act)
+        self.act_fn = resolve_act(act)
+        self._act_inplace = inplace_act(act)
+        self.weight = nn.Parameter(torch.ones(num_features, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
+
+    def reset_parameters(self) -> None:
+        """γ = 1, β = 0."""
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
+
+    def activate_(self, t: Tensor) -> Tensor:
+        """φ applied to a freshly computed tensor, in place when φ has an in-place form."""
+        return self._act_inplace(t) if self._act_inplace is not None else self.act_fn(t)
+
+    def forward(self, y: Tensor) -> Tensor:
+        shape = (-1,) + (1,) * (y.dim() - 2)
+        w = self.weight.to(y.dtype).view(shape)
+        return self.activate_(torch.addcmul(self.bias.to(y.dtype).view(shape), y, w))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, act={self.act_name}"
+
+
+class NormStep(nn.Module):
+    """Base of the affine-free norm steps: ``forward(x)`` returns the standardized ``y``."""
+
+    def forward_affine(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """``γ y + β`` computed in one pass when the norm has a native fused kernel."""
+        y = self(x)
+        shape = (-1,) + (1,) * (y.dim() - 2)
+        return torch.addcmul(bias.to(y.dtype).view(shape), y, weight.to(y.dtype).view(shape))
+
+
+class NormAct(nn.Module):
+    """One normalization step followed by one activation step.
+
+    Subclasses choose the norm step; this class builds the activation step:
+
+    * ``proxy=False``: :class:`AffineAct` — ``φ(γ y + β)``;
+    * ``proxy=True``: :class:`ProxyNormAct` — Eq. (7), the norm step then has no affine;
+    * ``apply_act=False``: exactly the plain norm with its affine ``γ y + β`` and no PN (for norms
+      that feed a residual add or follow an EfficientNet projection).
+
+    γ and β are the activation step's ``weight``/``bias`` (also reachable as ``layer.weight`` and
+    ``layer.bias``). To observe the normalized pre-activations ``y``, register a forward hook on
+    ``layer.norm``; the fused fast path is skipped while one is registered.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        norm: NormStep,
+        act: Activation = "relu",
+        apply_act: bool = True,
+        proxy: bool = False,
+        proxy_affine: bool = True,
+        proxy_eps: float = 0.03,
+        n_samples: int = 256,
+        proxy_scale: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        min_dim: int = 2,
+    ) -> None:
+        super().__init__()
+        self.num_features = check_num_features(num_features)
+        self.norm = norm
+        self._min_dim = min_dim
+        self.act: nn.Module
+        if proxy and apply_act:
+            self.act = ProxyNormAct(
+                num_features,
+                act,
+                eps=proxy_eps,
+                n_samples=n_samples,
+                proxy_affine=proxy_affine,
+                scale=proxy_scale,
+                device=device,
+                dtype=dtype,
+            )
+        else:
+            self.act = AffineAct(num_features, act if apply_act else None, device, dtype)
+
+    @property
+    def weight(self) -> nn.Parameter:
+        """γ of the activation step."""
+        return self.act.weight
+
+    @property
+    def bias(self) -> nn.Parameter:
+        """β of the activation step."""
+        return self.act.bias
+
+    @property
+    def proxy(self) -> bool:
+        """Whether the activation step is proxy-normalized."""
+        return isinstance(self.act, ProxyNormAct)
+
+    def reset_parameters(self) -> None:
+        """Reset γ, β (and β~, γ~) to the paper's initialization."""
+        self.act.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(x, self.num_features, type(self).__name__, self._min_dim)
+        if isinstance(self.act, AffineAct) and not (
+            self.norm._forward_hooks or self.norm._forward_pre_hooks
+        ):
+            return self.act.activate_(self.norm.forward_affine(x, self.act.weight, self.act.bias))
+        return self.act(self.norm(x))

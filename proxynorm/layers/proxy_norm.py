@@ -1,0 +1,237 @@
+"""The proxy-normalized activation step (Proxy Normalization, PN).
+
+Labatie, Masters, Eaton-Rosen, Luschi, "Proxy-Normalizing Activations to Match Batch
+Normalization while Removing Batch Dependence", NeurIPS 2021, Eq. (7) and Appendix B;
+``SPEC.md`` §2 of this project.
+
+PN replaces the activation step ``z = φ(γ y + β)`` that follows a norm step by::
+
+    z~ = (φ(γ y + β) − E[φ(γ Y~ + β)]) / sqrt(Var[φ(γ Y~ + β)] + eps),   Y~ ~ N(β~, (1 + γ~)²)
+
+per channel, where the proxy moments are computed on ``n`` deterministic quantiles of N(0, 1),
+``q_i = sqrt(2) · erfinv(2 (i + 0.5) / n − 1)``, with mean and *population* variance over ``i``.
+The proxy moments depend only on parameters, never on the batch, so PN is batch independent,
+and gradients reach γ, β, β~, γ~ both through the main path and through the proxy moments.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from proxynorm.layers.activation import Activation, act_name, resolve_act
+from proxynorm.layers.validation import check_input, check_num_features, check_positive
+
+
+def proxy_quantiles(
+    n_samples: int = 256,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
+    """The ``n`` quantiles of N(0, 1) "uniformly sampled in probability" (SPEC §2).
+
+    .. math:: q_i = \\Phi^{-1}\\big(\\tfrac{i + 0.5}{n}\\big)
+              = \\sqrt{2}\\,\\mathrm{erfinv}\\big(\\tfrac{2 (i + 0.5)}{n} - 1\\big),
+              \\quad i = 0..n-1
+
+    Computed in float64 with :func:`torch.special.erfinv`, then cast to ``dtype``.
+
+    Raises:
+        ValueError: ``n_samples`` < 2.
+    """
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
+        raise ValueError(f"n_samples must be an int >= 2, got {n_samples!r}")
+    p = (torch.arange(n_samples, device=device, dtype=torch.float64) + 0.5) / n_samples
+    return (math.sqrt(2.0) * torch.special.erfinv(2.0 * p - 1.0)).to(dtype)
+
+
+def proxy_moments(
+    weight: Tensor,
+    bias: Tensor,
+    proxy_weight: Tensor | None,
+    proxy_bias: Tensor | None,
+    act: Activation,
+    quantiles: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and population variance of ``φ(γ Y~ + β)``, ``Y~ ~ N(β~, (1 + γ~)²)``.
+
+    Computed in at least float32 (float64 parameters give float64 moments), whatever the dtype of
+    the activations, so that PN statistics stay accurate under mixed precision.
+
+    Args:
+        weight, bias: γ and β, shape (C,).
+        proxy_weight, proxy_bias: γ~ and β~, shape (C,), or ``None`` for zero.
+        act: the activation φ (name or callable).
+        quantiles: the standard-normal quantiles, shape (n,).
+
+    Returns:
+        ``(mean, var)``, each of shape (C,).
+    """
+    dtype = torch.promote_types(weight.dtype, torch.float32)
+    q = quantiles.to(dtype).unsqueeze(0)  # (1, n)
+    if proxy_weight is not None:
+        q = q * (1.0 + proxy_weight.to(dtype)).unsqueeze(1)
+    if proxy_bias is not None:
+        q = q + proxy_bias.to(dtype).unsqueeze(1)
+    z = resolve_act(act)(
+        torch.addcmul(bias.to(dtype).unsqueeze(1), q, weight.to(dtype).unsqueeze(1))
+    )
+    var, mean = torch.var_mean(z, dim=1, correction=0)
+    return mean, var
+
+
+def proxy_norm_act(
+    y: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    proxy_weight: Tensor | None = None,
+    proxy_bias: Tensor | None = None,
+    act: Activation = "relu",
+    eps: float = 0.03,
+    n_samples: int = 256,
+    scale: bool = True,
+    quantiles: Tensor | None = None,
+) -> Tensor:
+    """Proxy-normalized activation step, Eq. (7). See :class:`ProxyNormAct`.
+
+    Args:
+        y: normalized pre-activations, (N, C) or (N, C, H, W).
+        weight, bias: γ, β of shape (C,).
+        proxy_weight, proxy_bias: γ~, β~ of shape (C,), or ``None`` (zero: Y~ ~ N(0, 1)).
+        act: activation φ by name or callable.
+        eps: PN's stability constant (0.03 in the paper).
+        n_samples: number of proxy quantiles (ignored when ``quantiles`` is given).
+        scale: divide by the proxy std; ``False`` only subtracts the proxy mean.
+        quantiles: precomputed :func:`proxy_quantiles` (modules pass their buffer).
+
+    Returns:
+        A tensor of the shape and dtype of ``y``.
+    """
+    if quantiles is None:
+        check_positive("eps", eps)
+        quantiles = proxy_quantiles(n_samples, device=y.device)
+    fn = resolve_act(act)
+    mean, var = proxy_moments(weight, bias, proxy_weight, proxy_bias, fn, quantiles)
+    shape = (-1,) + (1,) * (y.dim() - 2)
+    z = fn(torch.addcmul(bias.to(y.dtype).view(shape), y, weight.to(y.dtype).view(shape)))
+    if not scale:
+        return z - mean.to(y.dtype).view(shape)
+    inv_std = torch.rsqrt(var + eps)
+    return torch.addcmul(
+        (-mean * inv_std).to(y.dtype).view(shape), z, inv_std.to(y.dtype).view(shape)
+    )
+
+
+class ProxyNormAct(nn.Module):
+    r"""Proxy-normalized activation step (Labatie et al. 2021, Eq. 7).
+
+    .. math::
+        \tilde z_c = \frac{\varphi(\gamma_c y_c + \beta_c)
+                           - E[\varphi(\gamma_c \tilde Y_c + \beta_c)]}
+                          {\sqrt{\mathrm{Var}[\varphi(\gamma_c \tilde Y_c + \beta_c)] + \epsilon}},
+        \qquad \tilde Y_c \sim N(\tilde\beta_c, (1 + \tilde\gamma_c)^2)
+
+    The proxy mean and *population* variance are taken over ``n_samples`` standard-normal quantiles
+    (see :func:`proxy_quantiles`), in at least float32 whatever the input dtype. They depend only
+    on parameters, so the layer is batch independent. It must directly follow a norm step (so that
+    ``y`` is at unit scale), as in LN+PN or GN+PN; see :func:`proxynorm.layers.norm_act`.
+
+    Args:
+        num_features: number of channels C.
+        act: activation φ: ``"relu"``, ``"silu"``/``"swish"``, ``"gelu"``, ``"leaky_relu"``,
+            ``"identity"``, an ``nn.Module`` (class or instance) or any callable.
+        eps: stability constant added to the proxy variance (0.03 in the paper; must be > 0).
+        n_samples: number of proxy quantiles (256 in the paper's Appendix B; must be >= 2).
+        proxy_affine: learn β~ (``proxy_bias``) and γ~ (``proxy_weight``), both initialised to 0;
+            otherwise Y~ ~ N(0, 1).
+        scale: divide by the proxy std. ``False`` subtracts the proxy mean only (the paper's
+            setting for the step just before final global pooling).
+
+    Attributes:
+        weight: γ, shape (C,), init 1.  bias: β, shape (C,), init 0.
+        proxy_weight: γ~ (proxy std is 1 + γ~), init 0.  proxy_bias: β~, init 0.
+        quantiles: non-persistent float64 buffer of the ``n_samples`` quantiles.
+
+    Shape:
+        Input (N, C) or (N, C, H, W); output the same shape and dtype.
+
+    Example::
+
+        >>> pn = ProxyNormAct(64, act="silu")
+        >>> out = pn(torch.nn.functional.group_norm(torch.randn(8, 64, 16, 16), 8))
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        act: Activation = "relu",
+        eps: float = 0.03,
+        n_samples: int = 256,
+        proxy_affine: bool = True,
+        scale: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.num_features = check_num_features(num_features)
+        self.eps = check_positive("eps", eps)
+        self.n_samples = n_samples
+        self.proxy_affine = bool(proxy_affine)
+        self.scale = bool(scale)
+        self.act_name = act_name(act)
+        self.act_fn = resolve_act(act)
+        self.weight = nn.Parameter(torch.empty(num_features, **factory))
+        self.bias = nn.Parameter(torch.empty(num_features, **factory))
+        if self.proxy_affine:
+            self.proxy_weight = nn.Parameter(torch.empty(num_features, **factory))
+            self.proxy_bias = nn.Parameter(torch.empty(num_features, **factory))
+        else:
+            self.register_parameter("proxy_weight", None)
+            self.register_parameter("proxy_bias", None)
+        self.register_buffer(
+            "quantiles", proxy_quantiles(n_samples, device=device), persistent=False
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """γ = 1, β = 0, γ~ = 0, β~ = 0 (the paper's initialization)."""
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
+        if self.proxy_affine:
+            nn.init.zeros_(self.proxy_weight)
+            nn.init.zeros_(self.proxy_bias)
+
+    def _apply(self, fn, *args, **kwargs):
+        # ``.half()`` / ``.to(dtype)`` would round the quantiles; keep them exact in float64.
+        super()._apply(fn, *args, **kwargs)
+        self.quantiles = proxy_quantiles(self.n_samples, device=self.quantiles.device)
+        return self
+
+    def proxy_moments(self) -> tuple[Tensor, Tensor]:
+        """Current per-channel proxy ``(mean, var)`` (each of shape (C,))."""
+        return proxy_moments(
+            self.weight, self.bias, self.proxy_weight, self.proxy_bias, self.act_fn, self.quantiles
+        )
+
+    def forward(self, y: Tensor) -> Tensor:
+        check_input(y, self.num_features, type(self).__name__)
+        return proxy_norm_act(
+            y,
+            self.weight,
+            self.bias,
+            self.proxy_weight,
+            self.proxy_bias,
+            act=self.act_fn,
+            eps=self.eps,
+            scale=self.scale,
+            quantiles=self.quantiles,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, act={self.act_name}, eps={self.eps}, "
+            f"n_samples={self.n_samples}, proxy_affine={self.proxy_affine}, scale={self.scale}"
+        )
