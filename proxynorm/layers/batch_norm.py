@@ -8,6 +8,8 @@ BN is the one batch-dependent norm of the zoo.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -89,7 +91,7 @@ class BatchNormStep(NormStep):
             self.num_batches_tracked.add_(1)
         return y.to(x.dtype)
 
-    def forward_affine(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    def forward_affine(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if self._ghost(x):
             return super().forward_affine(x, weight, bias)
         return self._batch_norm(upcast(x), weight, bias).to(x.dtype)
@@ -117,9 +119,10 @@ class BatchNormAct2d(NormAct):
         norm_batch: normalization batch size; ``None`` normalizes over the whole batch. A batch
             larger than ``norm_batch`` is split into consecutive sub-batches of ``norm_batch``
             inputs (the last one may be smaller), each normalized with its own statistics.
-        apply_act: ``False`` gives exactly BatchNorm with affine (no activation, no PN).
-        proxy: proxy-normalize the activation step (Eq. 7).
-        proxy_affine, proxy_eps, n_samples, proxy_scale: see :class:`ProxyNormAct`.
+        proxy: proxy-normalize the activation step (BN+PN).
+        **kwargs: activation-step options of :class:`NormAct`: ``apply_act`` (``False`` gives
+            exactly BatchNorm with affine), ``bias``, ``proxy_affine``, ``proxy_eps``,
+            ``n_samples``, ``proxy_scale``.
 
     Shape:
         Input (N, C) or (N, C, H, W); output the same.
@@ -137,26 +140,10 @@ class BatchNormAct2d(NormAct):
         eps: float = 1e-5,
         momentum: float = 0.1,
         norm_batch: int | None = None,
-        apply_act: bool = True,
         proxy: bool = False,
-        proxy_affine: bool = True,
-        proxy_eps: float = 0.03,
-        n_samples: int = 256,
-        proxy_scale: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        **kwargs: Any,
     ) -> None:
         norm = BatchNormStep(num_features, eps, momentum, norm_batch, device, dtype)
-        super().__init__(
-            num_features,
-            norm,
-            act,
-            apply_act,
-            proxy,
-            proxy_affine,
-            proxy_eps,
-            n_samples,
-            proxy_scale,
-            device,
-            dtype,
-        )
+        super().__init__(num_features, norm, act, proxy=proxy, device=device, dtype=dtype, **kwargs)

@@ -10,6 +10,8 @@ of channels and all spatial positions, with the population variance:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -35,7 +37,7 @@ class GroupNormStep(NormStep):
     def forward(self, x: Tensor) -> Tensor:
         return F.group_norm(upcast(x), self.groups, None, None, self.eps).to(x.dtype)
 
-    def forward_affine(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    def forward_affine(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return F.group_norm(upcast(x), self.groups, weight, bias, self.eps).to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -57,9 +59,10 @@ class GroupNormAct(NormAct):
         group_size: channels per group, instead of ``groups``.
         act: activation φ (name or callable).
         eps: the norm's stability constant (> 0).
-        apply_act: ``False`` gives exactly GroupNorm with affine (no activation, no PN).
-        proxy: proxy-normalize the activation step (Eq. 7).
-        proxy_affine, proxy_eps, n_samples, proxy_scale: see :class:`ProxyNormAct`.
+        proxy: proxy-normalize the activation step (GN+PN).
+        **kwargs: activation-step options of :class:`NormAct`: ``apply_act`` (``False`` gives
+            exactly GroupNorm with affine), ``bias``, ``proxy_affine``, ``proxy_eps``,
+            ``n_samples``, ``proxy_scale``.
 
     Shape:
         Input (N, C) or (N, C, H, W); output the same.
@@ -77,30 +80,15 @@ class GroupNormAct(NormAct):
         group_size: int | None = None,
         act: Activation = "relu",
         eps: float = 1e-5,
-        apply_act: bool = True,
         proxy: bool = False,
-        proxy_affine: bool = True,
-        proxy_eps: float = 0.03,
-        n_samples: int = 256,
-        proxy_scale: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        **kwargs: Any,
     ) -> None:
         check_num_features(num_features)
         g = resolve_groups(num_features, groups, group_size, default=8 if proxy else 32)
-        super().__init__(
-            num_features,
-            GroupNormStep(num_features, g, eps),
-            act,
-            apply_act,
-            proxy,
-            proxy_affine,
-            proxy_eps,
-            n_samples,
-            proxy_scale,
-            device,
-            dtype,
-        )
+        norm = GroupNormStep(num_features, g, eps)
+        super().__init__(num_features, norm, act, proxy=proxy, device=device, dtype=dtype, **kwargs)
 
     @property
     def groups(self) -> int:
@@ -114,7 +102,7 @@ class LayerNormAct(GroupNormAct):
     :class:`GroupNormAct`, without ``groups``.
     """
 
-    def __init__(self, num_features: int, act: Activation = "relu", **kwargs) -> None:
+    def __init__(self, num_features: int, act: Activation = "relu", **kwargs: Any) -> None:
         super().__init__(num_features, groups=1, act=act, **kwargs)
 
 
@@ -125,6 +113,6 @@ class InstanceNormAct(GroupNormAct):
     ``groups``.
     """
 
-    def __init__(self, num_features: int, act: Activation = "relu", **kwargs) -> None:
+    def __init__(self, num_features: int, act: Activation = "relu", **kwargs: Any) -> None:
         super().__init__(num_features, groups=check_num_features(num_features), act=act, **kwargs)
         self._min_dim = 4  # one value per channel and sample has no variance to normalize

@@ -25,12 +25,23 @@ def upcast(x: Tensor) -> Tensor:
     return x.float() if x.dtype in _LOW_PRECISION else x
 
 
+def affine(y: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """Per-channel ``γ y + β`` (β optional) in ``y``'s dtype, for (N, C) or (N, C, H, W) ``y``."""
+    shape = (-1,) + (1,) * (y.dim() - 2)
+    w = weight.to(y.dtype).view(shape)
+    if bias is None:
+        return y * w
+    return torch.addcmul(bias.to(y.dtype).view(shape), y, w)
+
+
 class AffineAct(nn.Module):
     r"""Plain activation step :math:`z_c = \varphi(\gamma_c y_c + \beta_c)` (Eq. 4).
 
     Args:
         num_features: number of channels C.
         act: activation φ by name or callable; ``None`` gives the affine transform alone.
+        bias: learn β; ``False`` gives a per-channel scale ``φ(γ y)`` (e.g. the final affine of
+            an EfficientNet block with PN, or WS ResNets' extra scale).
 
     Shape:
         Input (N, C) or (N, C, H, W); output the same shape and dtype.
@@ -40,6 +51,7 @@ class AffineAct(nn.Module):
         self,
         num_features: int,
         act: Activation = "relu",
+        bias: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -49,34 +61,35 @@ class AffineAct(nn.Module):
         self.act_fn = resolve_act(act)
         self._act_inplace = inplace_act(act)
         self.weight = nn.Parameter(torch.ones(num_features, device=device, dtype=dtype))
-        self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
 
     def reset_parameters(self) -> None:
         """γ = 1, β = 0."""
         nn.init.ones_(self.weight)
-        nn.init.zeros_(self.bias)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
 
     def activate_(self, t: Tensor) -> Tensor:
         """φ applied to a freshly computed tensor, in place when φ has an in-place form."""
         return self._act_inplace(t) if self._act_inplace is not None else self.act_fn(t)
 
     def forward(self, y: Tensor) -> Tensor:
-        shape = (-1,) + (1,) * (y.dim() - 2)
-        w = self.weight.to(y.dtype).view(shape)
-        return self.activate_(torch.addcmul(self.bias.to(y.dtype).view(shape), y, w))
+        check_input(y, self.num_features, type(self).__name__)
+        return self.activate_(affine(y, self.weight, self.bias))
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, act={self.act_name}"
+        return f"{self.num_features}, act={self.act_name}, bias={self.bias is not None}"
 
 
 class NormStep(nn.Module):
     """Base of the affine-free norm steps: ``forward(x)`` returns the standardized ``y``."""
 
-    def forward_affine(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    def forward_affine(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """``γ y + β`` computed in one pass when the norm has a native fused kernel."""
-        y = self(x)
-        shape = (-1,) + (1,) * (y.dim() - 2)
-        return torch.addcmul(bias.to(y.dtype).view(shape), y, weight.to(y.dtype).view(shape))
+        return affine(self(x), weight, bias)
 
 
 class NormAct(nn.Module):
@@ -89,6 +102,15 @@ class NormAct(nn.Module):
     * ``apply_act=False``: exactly the plain norm with its affine ``γ y + β`` and no PN (for norms
       that feed a residual add or follow an EfficientNet projection).
 
+    Args (shared by every subclass):
+        act: activation φ (name or callable).
+        apply_act: apply φ (and PN); ``False`` gives the plain norm with affine.
+        bias: learn β in a plain activation step; ``False`` keeps only the per-channel scale γ
+            (PN always has β, so ``bias=False`` requires ``apply_act=False`` or no PN).
+        proxy: proxy-normalize the activation step (Eq. 7).
+        proxy_affine, proxy_eps, n_samples, proxy_scale: see :class:`ProxyNormAct` (``affine``,
+            ``eps``, ``n_samples``, ``scale`` there).
+
     γ and β are the activation step's ``weight``/``bias`` (also reachable as ``layer.weight`` and
     ``layer.bias``). To observe the normalized pre-activations ``y``, register a forward hook on
     ``layer.norm``; the fused fast path is skipped while one is registered.
@@ -99,7 +121,9 @@ class NormAct(nn.Module):
         num_features: int,
         norm: NormStep,
         act: Activation = "relu",
+        *,
         apply_act: bool = True,
+        bias: bool = True,
         proxy: bool = False,
         proxy_affine: bool = True,
         proxy_eps: float = 0.03,
@@ -113,8 +137,13 @@ class NormAct(nn.Module):
         self.num_features = check_num_features(num_features)
         self.norm = norm
         self._min_dim = min_dim
+        self.apply_act = bool(apply_act)
         self.act: nn.Module
         if proxy and apply_act:
+            if not bias:
+                raise ValueError(
+                    "bias=False needs a plain activation step (no PN, or apply_act=False)"
+                )
             self.act = ProxyNormAct(
                 num_features,
                 act,
@@ -126,7 +155,7 @@ class NormAct(nn.Module):
                 dtype=dtype,
             )
         else:
-            self.act = AffineAct(num_features, act if apply_act else None, device, dtype)
+            self.act = AffineAct(num_features, act if apply_act else None, bias, device, dtype)
 
     @property
     def weight(self) -> nn.Parameter:
@@ -134,7 +163,7 @@ class NormAct(nn.Module):
         return self.act.weight
 
     @property
-    def bias(self) -> nn.Parameter:
+    def bias(self) -> nn.Parameter | None:
         """β of the activation step."""
         return self.act.bias
 

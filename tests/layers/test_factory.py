@@ -94,3 +94,21 @@ def test_apply_act_false_and_pn_options_through_factory():
     assert frn.tau is None
     layer = norm_act("gn+pn", 32, dtype=torch.float64)
     assert all(p.dtype == torch.float64 for p in layer.parameters())
+
+
+@pytest.mark.parametrize("spec", ["gn+pn", "bn", "ln"])
+def test_scale_only_norm(spec):
+    """bias=False with apply_act=False: the paper's per-channel scale after an MBConv projection."""
+    layer = norm_act(spec, 8, apply_act=False, bias=False)
+    assert layer.bias is None and not layer.apply_act
+    with torch.no_grad():
+        layer.weight.copy_(torch.arange(1.0, 9.0))
+    x = torch.randn(4, 8, 3, 3)
+    seen = []
+    layer.norm.register_forward_hook(lambda m, i, o: seen.append(o))
+    torch.testing.assert_close(layer(x), seen[0] * torch.arange(1.0, 9.0).view(1, -1, 1, 1))
+
+
+def test_bias_false_with_pn_is_refused():
+    with pytest.raises(ValueError, match="bias=False"):
+        norm_act("gn+pn", 8, bias=False)
