@@ -12,9 +12,10 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from proxynorm.layers import conv2d, norm_act, parse_spec
+from proxynorm.layers import parse_spec
+from proxynorm.models import create_model
 
 DEMO_SPECS = ("bn", "ln", "ln+pn", "gn", "gn+pn", "in", "evos0", "frn")
 
@@ -25,21 +26,6 @@ class DemoRow:
     dataset_share: float | None  # term (1) / total power of y at the last layer
     batch_independent: bool
     seconds: float
-
-
-def _random_net(spec: str, depth: int, width: int, gen: torch.Generator) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    c_in = 3
-    for _ in range(depth):
-        conv = conv2d(spec, c_in, width, 3, padding_mode="circular")
-        na = norm_act(spec, width)
-        with torch.no_grad():
-            conv.weight.normal_(0.0, c_in**-0.5 / 3, generator=gen)  # 1/sqrt(fan_in)
-            na.weight.normal_(1.0, 0.2, generator=gen)
-            na.bias.normal_(0.0, 0.2, generator=gen)
-        layers += [conv, na]
-        c_in = width
-    return nn.Sequential(*layers)
 
 
 def _dataset_share(y: Tensor) -> float:
@@ -61,11 +47,11 @@ def run_demo(
     rows = []
     for spec in specs:
         start = time.perf_counter()
+        net = create_model("random_net", norm=spec, depth=depth, width=width, seed=seed)
         gen = torch.Generator().manual_seed(seed)
-        net = _random_net(spec, depth, width, gen)
         x = torch.randn(batch, 3, size, size, generator=gen)
         captured: list[Tensor] = []
-        last = net[-1]
+        last = net.norm_act_layers()[-1]
         hook = None
         if hasattr(last, "norm"):
             hook = last.norm.register_forward_hook(lambda m, i, o, store=captured: store.append(o))

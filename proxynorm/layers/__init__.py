@@ -6,8 +6,9 @@ Dependence", NeurIPS 2021. Imports only torch, so it can be used inside anyone's
 
 from proxynorm.layers.activation import ACTIVATIONS, resolve_act
 from proxynorm.layers.batch_norm import BatchNormAct2d, BatchNormStep
+from proxynorm.layers.drop_path import DropPath
 from proxynorm.layers.evo_norm import EvoNormS0
-from proxynorm.layers.factory import NORM_ACT_LAYERS, conv2d, norm_act
+from proxynorm.layers.factory import NORM_ACT_LAYERS, conv2d, is_norm_act, norm_act
 from proxynorm.layers.frn import FilterResponseNormTLU
 from proxynorm.layers.group_norm import GroupNormAct, GroupNormStep, InstanceNormAct, LayerNormAct
 from proxynorm.layers.norm_act import AffineAct, NormAct, NormStep
@@ -22,6 +23,7 @@ __all__ = [
     "AffineAct",
     "BatchNormAct2d",
     "BatchNormStep",
+    "DropPath",
     "EvoNormS0",
     "FilterResponseNormTLU",
     "GroupNormAct",
@@ -34,6 +36,7 @@ __all__ = [
     "ProxyNormAct",
     "WSConv2d",
     "conv2d",
+    "is_norm_act",
     "norm_act",
     "parse_spec",
     "proxy_moments",

@@ -74,6 +74,12 @@ def norm_act(
     return cls(num_features, act=act, apply_act=apply_act, proxy=s.pn, **kwargs)
 
 
+def is_norm_act(module: nn.Module) -> bool:
+    """Whether ``module`` is a norm-act step of this package that applies an activation
+    (a layer ``l`` of the paper: its input is x^l, its norm step yields y^l)."""
+    return isinstance(module, tuple(NORM_ACT_LAYERS.values())) and module.apply_act
+
+
 def conv2d(
     spec: str | NormSpec,
     in_channels: int,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch.fx
 from torch import Tensor
 
 
@@ -55,6 +56,7 @@ def resolve_groups(
     return math.gcd(min(default, num_features), num_features)
 
 
+@torch.fx.wrap  # a single call node under symbolic tracing, instead of a trace error
 def check_input(x: Tensor, num_features: int, owner: str, min_dim: int = 2) -> None:
     """Raise ``ValueError`` unless ``x`` is (N, C) or (N, C, H, W) with C == ``num_features``."""
     if x.dim() not in (2, 4) or x.dim() < min_dim:

@@ -1,0 +1,101 @@
+"""Model registry: ``create_model(name, norm=...)`` and ``list_models()``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from torch import nn
+
+from proxynorm.layers import NormSpec
+from proxynorm.layers.activation import Activation
+from proxynorm.models.builder import NORM_KWARGS, LayerFactory
+from proxynorm.models.efficientnet import EfficientNet
+from proxynorm.models.random_net import RandomNet
+from proxynorm.models.resnet import cifar_resnet, imagenet_resnet
+
+# name -> (builder taking the LayerFactory first, default activation, has a classifier)
+_MODELS: dict[str, tuple[Callable[..., nn.Module], str, bool]] = {
+    **{f"resnet{d}": (partial(cifar_resnet, depth=d), "relu", True) for d in (20, 32, 44, 56, 110)},
+    "resnet50": (partial(imagenet_resnet, layers=[3, 4, 6, 3]), "relu", True),
+    "resnet101": (partial(imagenet_resnet, layers=[3, 4, 23, 3]), "relu", True),
+    "resnext50_32x4d": (
+        partial(imagenet_resnet, layers=[3, 4, 6, 3], cardinality=32, base_width=4),
+        "relu",
+        True,
+    ),
+    "resnext101_32x4d": (
+        partial(imagenet_resnet, layers=[3, 4, 23, 3], cardinality=32, base_width=4),
+        "relu",
+        True,
+    ),
+    "efficientnet_b0": (partial(EfficientNet, variant="b0"), "silu", True),
+    "efficientnet_b2": (partial(EfficientNet, variant="b2"), "silu", True),
+    "efficientnet_b0_g16": (
+        partial(EfficientNet, variant="b0", group_size=16, expansion=4),
+        "silu",
+        True,
+    ),
+    "efficientnet_b2_g16": (
+        partial(EfficientNet, variant="b2", group_size=16, expansion=4),
+        "silu",
+        True,
+    ),
+    "random_net": (RandomNet, "relu", False),
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`."""
+    return list(_MODELS)
+
+
+def create_model(
+    name: str,
+    norm: str | NormSpec = "gn+pn",
+    num_classes: int | None = None,
+    groups: int | None = None,
+    act: Activation = None,
+    proxy_affine: bool = True,
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a model with every norm-act step from one norm spec.
+
+    Args:
+        name: one of :func:`list_models` (CIFAR ``resnet20..110``; ImageNet ``resnet50/101``,
+            ``resnext50_32x4d``, ``resnext101_32x4d``; ``efficientnet_b0/b2[_g16]``;
+            ``random_net``).
+        norm: norm spec, e.g. ``"bn"``, ``"gn"``, ``"gn+pn"``, ``"ln+pn"``, ``"gn+ws"``.
+        num_classes: classifier outputs (default 10 for CIFAR ResNets, 1000 otherwise).
+        groups: GN/Evo-S0 groups (``None``: 8 with PN, 32 without).
+        act: activation φ (default ReLU for ResNets and random nets, swish for EfficientNets).
+        proxy_affine: learn PN's β~, γ~.
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth rate of the last block (linear in block index).
+        **kwargs: norm options (``eps``, ``momentum``, ``norm_batch``, ``n_samples``,
+            ``proxy_eps``, ``group_size``) and model options (``in_chans``, ``width_mult``;
+            for ``random_net``: ``depth``, ``width``, ``kernel_size``, ``gamma_std``,
+            ``beta_std``, ``first_stride``, ``seed``).
+
+    Raises:
+        ValueError: unknown model or norm (the message lists the valid names).
+    """
+    key = name.lower() if isinstance(name, str) else name
+    if key not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(_MODELS)}")
+    builder, default_act, has_classifier = _MODELS[key]
+    norm_kwargs = {k: kwargs.pop(k) for k in NORM_KWARGS if k in kwargs}
+    f = LayerFactory.create(norm, act or default_act, groups, proxy_affine, **norm_kwargs)
+    if has_classifier:
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        kwargs.update(drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+    elif num_classes is not None or drop_rate or drop_path_rate:
+        raise ValueError(f"{name} has no classifier or residual blocks: num_classes, drop_rate "
+                         "and drop_path_rate do not apply")  # fmt: skip
+    model = builder(f, **kwargs)
+    model.norm_spec = f.spec
+    return model
