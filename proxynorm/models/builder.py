@@ -103,6 +103,11 @@ class LayerFactory:
         )
 
 
+def drop_path_rates(num_blocks: int, drop_path_rate: float) -> list[float]:
+    """Stochastic-depth rate per block, linear in block index from 0 to ``drop_path_rate``."""
+    return [drop_path_rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]
+
+
 def trunc_normal_(
     tensor: torch.Tensor, std: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from proxynorm.layers import DropPath, resolve_act
 from proxynorm.models.base import ProxyNormModel
-from proxynorm.models.builder import LayerFactory, init_weights
+from proxynorm.models.builder import LayerFactory, drop_path_rates, init_weights
 
 # (repeats, kernel, stride, expansion, out channels) per stage of EfficientNet-B0.
 B0_STAGES = [
@@ -103,6 +103,9 @@ class EfficientNet(ProxyNormModel):
         width_mult: extra width multiplier (tests use < 1 for speed).
         drop_rate: dropout before the classifier.
         drop_path_rate: stochastic depth of the last block, linear in block index from 0.
+
+    All conv and linear weights use the paper's truncated-normal 1/sqrt(fan_in) initialization
+    (the original EfficientNet scales some kernels by fan-out instead; not reproduced here).
     """
 
     def __init__(
@@ -126,14 +129,13 @@ class EfficientNet(ProxyNormModel):
         self.norm_stem = f.norm_act(stem_chs)
         stages = [(math.ceil(r * d_mult), k, s, e, round_channels(c * w_mult))
                   for r, k, s, e, c in B0_STAGES]  # fmt: skip
-        total = sum(r for r, *_ in stages)
+        rates = drop_path_rates(sum(r for r, *_ in stages), drop_path_rate)
         blocks, chs, idx = [], stem_chs, 0
         for repeats, kernel, stride, exp, out_chs in stages:
             for i in range(repeats):
-                rate = drop_path_rate * idx / total
                 exp_i = exp if exp == 1 else expansion
                 blocks.append(MBConv(f, chs, out_chs, kernel, stride if i == 0 else 1, exp_i,
-                                     group_size, rate))  # fmt: skip
+                                     group_size, rates[idx]))  # fmt: skip
                 chs, idx = out_chs, idx + 1
         self.blocks = nn.Sequential(*blocks)
         self.num_features = round_channels(1280 * w_mult)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from proxynorm.layers import DropPath
 from proxynorm.models.base import ProxyNormModel
-from proxynorm.models.builder import LayerFactory, init_weights
+from proxynorm.models.builder import LayerFactory, drop_path_rates, init_weights
 
 
 class PreActBasicBlock(nn.Module):
@@ -123,16 +123,21 @@ class PreActResNet(ProxyNormModel):
             self.stem = nn.Sequential(
                 f.conv(in_chans, chs, 7, stride=2), nn.MaxPool2d(3, stride=2, padding=1)
             )
-        total = sum(layers)
+        rates = drop_path_rates(sum(layers), drop_path_rate)
         stages, idx = [], 0
         for stage, (n, planes) in enumerate(zip(layers, widths, strict=True)):
             blocks = []
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
-                rate = drop_path_rate * idx / max(total - 1, 1)
                 blocks.append(
                     block(
-                        f, chs, planes, stride, rate, cardinality=cardinality, base_width=base_width
+                        f,
+                        chs,
+                        planes,
+                        stride,
+                        rates[idx],
+                        cardinality=cardinality,
+                        base_width=base_width,
                     )
                 )
                 chs = planes * block.expansion
