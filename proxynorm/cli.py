@@ -37,6 +37,87 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_DATA = "../shared/data/cifar10-jpeg.zip"
+
+
+def _random_net_config(args: argparse.Namespace):
+    from proxynorm.analysis.random_nets import RandomNetConfig
+
+    return RandomNetConfig(
+        depth=args.depth,
+        width=args.width,
+        act=args.act,
+        kernel_size=args.kernel_size,
+        gamma_std=args.gamma_std,
+        beta_std=args.beta_std,
+        first_stride=args.first_stride,
+        seed=args.seed,
+    )
+
+
+def _split(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _cmd_power(args: argparse.Namespace) -> int:
+    from proxynorm.analysis.reports import power_report
+    from proxynorm.data import probe_batch
+
+    inputs, note = probe_batch(args.data, args.batch, args.seed)
+    print(f"inputs: {note}")
+    power_report(
+        args.out,
+        inputs,
+        note,
+        _split(args.norms),
+        _random_net_config(args),
+        args.realizations,
+        args.checkpoint or (),
+    )
+    print(f"wrote {args.out}/power.png and {args.out}/power.json")
+    return 0
+
+
+def _cmd_theory(args: argparse.Namespace) -> int:
+    from proxynorm.analysis.reports import theory_report
+    from proxynorm.data import probe_batch
+
+    inputs, note = probe_batch(args.data, args.batch, args.seed)
+    print(f"inputs: {note}")
+    theory_report(
+        args.out,
+        inputs,
+        note,
+        _random_net_config(args),
+        args.realizations,
+        _split(args.acts),
+        _split(args.linearity_norms),
+    )
+    print(f"wrote {args.out}/theory.png and {args.out}/theory.json")
+    return 0
+
+
+def _add_random_net_args(p: argparse.ArgumentParser, out: str) -> None:
+    g = p.add_argument_group("random nets (Definition 1)")
+    g.add_argument("--depth", type=int, default=50)
+    g.add_argument("--width", type=int, default=128)
+    g.add_argument("--act", default="relu", help="activation φ (relu, silu, gelu, identity...)")
+    g.add_argument("--kernel-size", type=int, default=3)
+    g.add_argument("--gamma-std", type=float, default=0.2, help="γ ~ N(1, gamma_std²)")
+    g.add_argument("--beta-std", type=float, default=0.2, help="β ~ N(0, beta_std²)")
+    g.add_argument("--first-stride", type=int, default=2)
+    g.add_argument("--realizations", type=int, default=10, help="independent random nets")
+    g.add_argument("--seed", type=int, default=0, help="seed of realization 0 and of the inputs")
+    p.add_argument("--batch", type=int, default=128, help="number of input images")
+    p.add_argument(
+        "--data",
+        default=DEFAULT_DATA,
+        help="image-folder tree or zip for the input batch; synthetic images (with a "
+        f"note in the outputs) when missing (default: {DEFAULT_DATA})",
+    )
+    p.add_argument("--out", default=out, help="output directory (PNG + JSON)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="proxynorm",
@@ -59,6 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=16, help="input height and width")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("power", help="power plots of random nets or trained checkpoints (Fig. 2)")
+    p.add_argument("--norms", default="bn,ln,in,gn,ln+pn,gn+pn", help="comma-separated norm specs")
+    p.add_argument(
+        "--checkpoint",
+        nargs="+",
+        metavar="PATH",
+        help="trained checkpoints to analyse instead of random nets (eval mode)",
+    )
+    _add_random_net_args(p, "runs/power")
+    p.set_defaults(func=_cmd_power)
+
+    p = sub.add_parser("theory", help="Theorem 1 bound and channel-wise linearity (Fig. 5)")
+    p.add_argument("--acts", default="relu,identity", help="activations for Theorem 1 (LN nets)")
+    p.add_argument("--linearity-norms", default="ln,gn,ln+pn", help="norms for the linearity plot")
+    _add_random_net_args(p, "runs/theory")
+    p.set_defaults(func=_cmd_theory)
     return parser
 
 
@@ -70,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"proxynorm: error: {err}", file=sys.stderr)
         return 2
 

@@ -74,15 +74,23 @@ class EvoNormS0(nn.Module):
         if self.v is not None:
             nn.init.ones_(self.v)
 
+    def _inv_std(self, x32: Tensor) -> Tensor:
+        grouped = x32.reshape(x32.shape[0], self.groups, -1)
+        var = grouped.var(dim=2, correction=0, keepdim=True)
+        return torch.rsqrt(var + self.eps).expand_as(grouped).reshape(x32.shape)
+
+    def standardize(self, x: Tensor) -> Tensor:
+        """The normalization part ``x / sqrt(σ²_group + eps)`` (no gate, no affine)."""
+        return (upcast(x) * self._inv_std(upcast(x))).to(x.dtype)
+
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, self.num_features, type(self).__name__)
         x32 = upcast(x)
         shape = (-1,) + (1,) * (x.dim() - 2)
-        grouped = x32.reshape(x.shape[0], self.groups, -1)
-        var = grouped.var(dim=2, correction=0, keepdim=True)
-        inv_std = torch.rsqrt(var + self.eps).expand_as(grouped).reshape(x.shape)
         num = x32 * torch.sigmoid(self.v.view(shape) * x32) if self.v is not None else x32
-        out = torch.addcmul(self.bias.view(shape), num * inv_std, self.weight.view(shape))
+        out = torch.addcmul(
+            self.bias.view(shape), num * self._inv_std(x32), self.weight.view(shape)
+        )
         return out.to(x.dtype)
 
     def extra_repr(self) -> str:

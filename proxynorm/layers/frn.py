@@ -63,16 +63,21 @@ class FilterResponseNormTLU(nn.Module):
         if self.tau is not None:
             nn.init.zeros_(self.tau)
 
+    def _standardize(self, x32: Tensor) -> Tensor:
+        nu2 = x32.square()
+        if x32.dim() > 2:
+            nu2 = nu2.mean(dim=(2, 3), keepdim=True)
+        return x32 * torch.rsqrt(nu2 + self.eps)
+
+    def standardize(self, x: Tensor) -> Tensor:
+        """The normalization part ``x / sqrt(ν² + eps)`` (no affine, no TLU)."""
+        return self._standardize(upcast(x)).to(x.dtype)
+
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, self.num_features, type(self).__name__)
         x32 = upcast(x)
         shape = (-1,) + (1,) * (x.dim() - 2)
-        nu2 = x32.square()
-        if x.dim() > 2:
-            nu2 = nu2.mean(dim=(2, 3), keepdim=True)
-        out = torch.addcmul(
-            self.bias.view(shape), x32 * torch.rsqrt(nu2 + self.eps), self.weight.view(shape)
-        )
+        out = torch.addcmul(self.bias.view(shape), self._standardize(x32), self.weight.view(shape))
         if self.tau is not None:
             out = torch.maximum(out, self.tau.view(shape).to(out.dtype))
         return out.to(x.dtype)

@@ -127,15 +127,27 @@ class EfficientNet(ProxyNormModel):
         stem_chs = round_channels(32 * w_mult)
         self.conv_stem = f.conv(in_chans, stem_chs, 3, stride=2)
         self.norm_stem = f.norm_act(stem_chs)
-        stages = [(math.ceil(r * d_mult), k, s, e, round_channels(c * w_mult))
-                  for r, k, s, e, c in B0_STAGES]  # fmt: skip
+        stages = [
+            (math.ceil(r * d_mult), k, s, e, round_channels(c * w_mult))
+            for r, k, s, e, c in B0_STAGES
+        ]
         rates = drop_path_rates(sum(r for r, *_ in stages), drop_path_rate)
         blocks, chs, idx = [], stem_chs, 0
         for repeats, kernel, stride, exp, out_chs in stages:
             for i in range(repeats):
                 exp_i = exp if exp == 1 else expansion
-                blocks.append(MBConv(f, chs, out_chs, kernel, stride if i == 0 else 1, exp_i,
-                                     group_size, rates[idx]))  # fmt: skip
+                blocks.append(
+                    MBConv(
+                        f,
+                        chs,
+                        out_chs,
+                        kernel,
+                        stride if i == 0 else 1,
+                        exp_i,
+                        group_size,
+                        rates[idx],
+                    )
+                )
                 chs, idx = out_chs, idx + 1
         self.blocks = nn.Sequential(*blocks)
         self.num_features = round_channels(1280 * w_mult)

@@ -48,8 +48,10 @@ class RandomNet(ProxyNormModel):
         chs = in_chans
         for i in range(depth):
             stride = first_stride if i == 0 else 1
-            layers += [f.conv(chs, width, kernel_size, stride, padding_mode="circular"),
-                       f.norm_act(width)]  # fmt: skip
+            layers += [
+                f.conv(chs, width, kernel_size, stride, padding_mode="circular"),
+                f.norm_act(width),
+            ]
             chs = width
         self.layers = nn.Sequential(*layers)
         gen = torch.Generator().manual_seed(seed)

@@ -87,6 +87,17 @@ def create_model(
     if key not in _MODELS:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(_MODELS)}")
     builder, default_act, has_classifier = _MODELS[key]
+    config = {
+        "name": key,
+        "norm": str(norm),
+        "num_classes": num_classes,
+        "groups": groups,
+        "act": act,
+        "proxy_affine": proxy_affine,
+        "drop_rate": drop_rate,
+        "drop_path_rate": drop_path_rate,
+        **kwargs,
+    }
     norm_kwargs = {k: kwargs.pop(k) for k in NORM_KWARGS if k in kwargs}
     f = LayerFactory.create(norm, act or default_act, groups, proxy_affine, **norm_kwargs)
     if has_classifier:
@@ -94,8 +105,11 @@ def create_model(
             kwargs["num_classes"] = num_classes
         kwargs.update(drop_rate=drop_rate, drop_path_rate=drop_path_rate)
     elif num_classes is not None or drop_rate or drop_path_rate:
-        raise ValueError(f"{name} has no classifier or residual blocks: num_classes, drop_rate "
-                         "and drop_path_rate do not apply")  # fmt: skip
+        raise ValueError(
+            f"{name} has no classifier or residual blocks: num_classes, drop_rate "
+            "and drop_path_rate do not apply"
+        )
     model = builder(f, **kwargs)
     model.norm_spec = f.spec
+    model.config = config  # create_model(**model.config) rebuilds the architecture
     return model

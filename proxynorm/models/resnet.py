@@ -165,20 +165,34 @@ def _scaled(widths: list[int], width_mult: float) -> list[int]:
     return [max(1, round(w * width_mult)) for w in widths]
 
 
-def cifar_resnet(f: LayerFactory, depth: int, num_classes: int = 10, width_mult: float = 1.0,
-                 **kwargs) -> PreActResNet:  # fmt: skip
+def cifar_resnet(
+    f: LayerFactory, depth: int, num_classes: int = 10, width_mult: float = 1.0, **kwargs
+) -> PreActResNet:
     """CIFAR ResNet of depth 6n + 2 (three stages of n basic blocks, widths 16/32/64)."""
     n = (depth - 2) // 6
     widths = _scaled([16, 32, 64], width_mult)
     return PreActResNet(f, PreActBasicBlock, [n] * 3, widths, "cifar", num_classes, **kwargs)
 
 
-def imagenet_resnet(f: LayerFactory, layers: list[int], num_classes: int = 1000,
-                    width_mult: float = 1.0, cardinality: int = 1, base_width: int = 64,
-                    **kwargs) -> PreActResNet:  # fmt: skip
+def imagenet_resnet(
+    f: LayerFactory,
+    layers: list[int],
+    num_classes: int = 1000,
+    width_mult: float = 1.0,
+    cardinality: int = 1,
+    base_width: int = 64,
+    **kwargs,
+) -> PreActResNet:
     """ImageNet bottleneck ResNet/ResNeXt (v2 ordering)."""
     widths = _scaled([64, 128, 256, 512], width_mult)
     return PreActResNet(
-        f, PreActBottleneck, layers, widths, "imagenet", num_classes,
-        cardinality=cardinality, base_width=base_width, **kwargs,
-    )  # fmt: skip
+        f,
+        PreActBottleneck,
+        layers,
+        widths,
+        "imagenet",
+        num_classes,
+        cardinality=cardinality,
+        base_width=base_width,
+        **kwargs,
+    )

@@ -88,16 +88,18 @@ def test_final_step_has_pn_scaling_off_and_se_has_no_pn(name):
 @pytest.mark.parametrize("name", ["resnet20", "resnet50", "efficientnet_b0"])
 def test_ws_rules(name):
     model, _ = small(name, "gn+pn+ws")
-    se_convs = {id(c) for se in model.modules() if isinstance(se, SqueezeExcite)
-                for c in se.modules()}  # fmt: skip
+    se_convs = {
+        id(c) for se in model.modules() if isinstance(se, SqueezeExcite) for c in se.modules()
+    }
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             assert isinstance(m, WSConv2d) == (id(m) not in se_convs), m
     assert not any(isinstance(m, WSConv2d) for m in model.modules() if isinstance(m, nn.Linear))
     if name.startswith("resnet"):
         blocks = [m for m in model.modules() if isinstance(m, (PreActBasicBlock, PreActBottleneck))]
-        assert blocks and all(isinstance(b.scale, AffineAct) and b.scale.bias is None
-                              for b in blocks)  # fmt: skip
+        assert blocks and all(
+            isinstance(b.scale, AffineAct) and b.scale.bias is None for b in blocks
+        )
     plain, _ = small(name, "gn+pn")
     assert not any(isinstance(m, WSConv2d) for m in plain.modules())
 
@@ -176,8 +178,10 @@ def test_random_net_definition_1():
     assert gammas.mean().item() == pytest.approx(1.0, abs=0.02)
     assert gammas.std().item() == pytest.approx(0.2, abs=0.02)
     assert betas.mean().item() == pytest.approx(0.0, abs=0.02)
-    assert all((m.act.proxy_weight == 0).all() and (m.act.proxy_bias == 0).all()
-               for m in a.norm_act_layers())  # fmt: skip
+    assert all(
+        (m.act.proxy_weight == 0).all() and (m.act.proxy_bias == 0).all()
+        for m in a.norm_act_layers()
+    )
     conv = a.layers[0]
     assert conv.padding_mode == "circular" and conv.stride == (2, 2)
     std = conv.weight.std().item() * (conv.weight[0].numel() ** 0.5)

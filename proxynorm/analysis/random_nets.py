@@ -1,0 +1,103 @@
+"""Measurements over independent realizations of random nets (Definition 1; SPEC §4)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from proxynorm.analysis.power import power_decomposition
+from proxynorm.analysis.probes import record_layer_io
+from proxynorm.analysis.theory import linearity_ratio
+from proxynorm.models import create_model
+
+
+@dataclass(frozen=True)
+class RandomNetConfig:
+    """Random-net settings (the paper's Fig. 2 uses width 1024, depth 50, first stride 2)."""
+
+    depth: int = 50
+    width: int = 128
+    act: str = "relu"
+    kernel_size: int = 3
+    gamma_std: float = 0.2
+    beta_std: float = 0.2
+    first_stride: int = 2
+    seed: int = 0
+
+    def build(self, norm: str, realization: int) -> torch.nn.Module:
+        """Realization ``r`` of a random net with ``norm``, in train mode (batch statistics)."""
+        return create_model(
+            "random_net",
+            norm=norm,
+            depth=self.depth,
+            width=self.width,
+            act=self.act,
+            kernel_size=self.kernel_size,
+            gamma_std=self.gamma_std,
+            beta_std=self.beta_std,
+            first_stride=self.first_stride,
+            seed=self.seed + realization,
+        ).train()
+
+
+def over_realizations(
+    norm: str,
+    inputs: Tensor,
+    config: RandomNetConfig,
+    realizations: int,
+    reduce: Callable[[Tensor, Tensor], Any],
+    progress: tqdm | None = None,
+) -> list[list[Any]]:
+    """``reduce(y^l, z^l)`` per layer of ``realizations`` random nets, as [realization][layer]."""
+    out = []
+    for r in range(realizations):
+        out.append(record_layer_io(config.build(norm, r), inputs, reduce))
+        if progress is not None:
+            progress.update(1)
+    return out
+
+
+def power_proportions(
+    norm: str,
+    inputs: Tensor,
+    config: RandomNetConfig,
+    realizations: int,
+    progress: tqdm | None = None,
+) -> Tensor:
+    """(realizations, depth, 4) proportions of the four power terms at every layer."""
+    rows = over_realizations(
+        norm,
+        inputs,
+        config,
+        realizations,
+        lambda y, z: power_decomposition(y).proportions,
+        progress,
+    )
+    return torch.stack([torch.stack(r) for r in rows])
+
+
+def linearity_ratios(
+    norm: str,
+    inputs: Tensor,
+    config: RandomNetConfig,
+    realizations: int,
+    progress: tqdm | None = None,
+) -> Tensor:
+    """(realizations, depth) channel-wise nonlinearity ratio of every layer."""
+    rows = over_realizations(norm, inputs, config, realizations, linearity_ratio, progress)
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def summarize(values: Tensor, low: float = 0.1, high: float = 0.9) -> dict[str, list]:
+    """Mean, std and a [low, high] quantile interval over dim 0, as JSON-ready lists."""
+    return {
+        "mean": values.mean(0).tolist(),
+        "std": values.std(0, correction=0).tolist(),
+        f"q{int(low * 100)}": values.quantile(low, dim=0).tolist(),
+        f"q{int(high * 100)}": values.quantile(high, dim=0).tolist(),
+    }

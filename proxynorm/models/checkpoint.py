@@ -1,0 +1,62 @@
+"""Model checkpoints: the architecture config beside the weights, loaded with ``weights_only``."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from proxynorm.models.registry import create_model
+
+
+def save_model(path: str | Path, model: nn.Module, **extra: Any) -> None:
+    """Write ``{"config": model.config, "model": state_dict, **extra}`` atomically.
+
+    ``model`` must come from :func:`create_model` (its ``config`` rebuilds it). The file is written
+    to a temporary name in the same directory and renamed, so a crash never leaves half a file.
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        raise ValueError("save_model needs a model built by create_model (it has no .config)")
+    try:
+        json.dumps(config)
+    except TypeError as err:
+        raise ValueError(
+            f"model config must be JSON-serializable to be saved "
+            f"(was act given as a callable?): {err}"
+        ) from err
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"config": config, "model": model.state_dict(), **extra}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint dict with ``weights_only=True`` (arbitrary pickled objects are refused)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        raise ValueError(f"cannot load checkpoint {path}: {err}") from err
+
+
+def load_model(path: str | Path) -> nn.Module:
+    """Rebuild the model saved by :func:`save_model` and load its weights."""
+    ckpt = load_checkpoint(path)
+    if "config" not in ckpt or "model" not in ckpt:
+        raise ValueError(f"{path} is not a proxynorm checkpoint (needs 'config' and 'model')")
+    model = create_model(**ckpt["config"])
+    model.load_state_dict(ckpt["model"])
+    return model
