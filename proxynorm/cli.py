@@ -118,6 +118,99 @@ def _add_random_net_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--out", default=out, help="output directory (PNG + JSON)")
 
 
+_TYPES = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "int | None": int,
+    "str | None": str,
+    "list[int]": lambda s: [int(v) for v in s.split(",") if v.strip()],
+}
+_TRAIN_HELP = {
+    "model": "model name (see create_model)",
+    "norm": "norm spec, e.g. bn, gn, gn+pn, ln+pn",
+    "data": "cifar10, cifar100 or imagefolder",
+    "data_dir": "official CIFAR folder (downloaded there when missing), or an image-folder tree "
+    "or zip such as ../shared/data/cifar10-jpeg.zip",
+    "subset": "train on a class-balanced subset of N images",
+    "recipe": "cifar, imagenet-resnet, efficientnet, or a YAML file",
+    "extra_reg": "the recipe's extra "
+    "regularization (label smoothing, dropout, stochastic depth / Mixup)",
+    "lr": "learning rate (taken at --batch-size when given; the recipe's lr is scaled linearly)",
+    "epochs": "epochs (the recipe's milestones and warmup are scaled to it)",
+    "amp": "mixed precision: auto (on for CUDA), off, bf16, fp16",
+    "probe": "power decomposition of N fixed test images every epoch (0: off)",
+    "milestones": "comma-separated epochs of lr decay",
+    "device": "cpu, cuda or auto",
+}
+
+
+def _add_train_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per TrainConfig field; unset flags keep the recipe's (or default) value."""
+    from dataclasses import MISSING, fields
+
+    from proxynorm.train.config import TrainConfig
+
+    g = p.add_argument_group("training options (defaults: the recipe, then TrainConfig)")
+    for f in fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else f.default_factory()
+        help_text = f"{_TRAIN_HELP.get(f.name, '')} (default {default})".strip()
+        if f.type == "bool":
+            g.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            g.add_argument(flag, type=_TYPES[f.type], default=None, help=help_text)
+
+
+def _overrides(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict:
+    from dataclasses import fields
+
+    from proxynorm.train.config import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)} - {"recipe", "extra_reg", *skip}
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from proxynorm.train import build_config, train
+
+    cfg = build_config(args.recipe or "cifar", bool(args.extra_reg), **_overrides(args))
+    print(
+        f"{cfg.model} {cfg.norm} on {cfg.data} ({cfg.data_dir}), recipe {cfg.recipe}: "
+        f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.effective_lr:.4g} -> {args.out}"
+    )
+    final = train(cfg, args.out, resume=args.resume)
+    print(
+        f"final test accuracy {final['test_acc']:.2f}%, train accuracy "
+        f"{final['train_acc']:.2f}% ({final['wall_seconds']:.0f} s)"
+    )
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from proxynorm.train.compare import compare
+
+    base_seed = args.seed or 0
+    seeds = list(range(base_seed, base_seed + args.seeds))
+    summary = compare(
+        args.out,
+        _split(args.norms),
+        seeds,
+        args.recipe or "cifar",
+        bool(args.extra_reg),
+        **_overrides(args, skip=("seed",)),
+    )
+    from proxynorm.train.compare import summary_markdown
+
+    print(summary_markdown(summary))
+    print(f"wrote {args.out}/summary.md, summary.json and accuracy.png")
+    return 1 if summary["failures"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="proxynorm",
@@ -157,6 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--linearity-norms", default="ln,gn,ln+pn", help="norms for the linearity plot")
     _add_random_net_args(p, "runs/theory")
     p.set_defaults(func=_cmd_theory)
+
+    p = sub.add_parser("train", help="train one model with one norm")
+    p.add_argument("--out", required=True, help="run directory (config, metrics, checkpoint)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    _add_train_args(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("compare", help="train several norms x seeds and summarize")
+    p.add_argument("--out", required=True, help="directory of the comparison")
+    p.add_argument("--norms", default="bn,gn,gn+pn,ln,ln+pn", help="comma-separated norm specs")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds, from --seed on")
+    _add_train_args(p, skip=("norm",))
+    p.set_defaults(func=_cmd_compare)
     return parser
 
 
@@ -168,9 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
         print(f"proxynorm: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # e.g. TrainingDiverged: the message says what is kept
+        print(f"proxynorm: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

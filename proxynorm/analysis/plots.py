@@ -33,8 +33,14 @@ def plot_power_panels(
     [low, high] quantiles over realizations of each cumulative boundary.
     """
     n = len(panels)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4), sharey=True, squeeze=False)
-    for ax, (title, props) in zip(axes[0], panels.items(), strict=True):
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.4 * cols, 2.9 * rows + 0.9), sharey=True, squeeze=False
+    )
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, (title, props) in zip(axes.flat[:n], panels.items(), strict=True):
         depth = torch.arange(1, props.shape[1] + 1).numpy()
         mean = props.mean(0).numpy()
         ax.stackplot(depth, mean.T, colors=TERM_COLORS, labels=TERM_LABELS, alpha=0.85)
@@ -48,12 +54,14 @@ def plot_power_panels(
         ax.set_xlabel("layer l")
         ax.set_xlim(1, max(int(depth[-1]), 2))
         ax.set_ylim(0, 1)
-    axes[0, 0].set_ylabel("proportion of power of y^l")
+    for row in axes:
+        row[0].set_ylabel("proportion of power of y^l")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
     if note:
-        fig.suptitle(textwrap.fill(note, 150), fontsize=8)
-    fig.tight_layout(rect=(0, 0.14, 1, 0.95 if note else 1))
+        fig.suptitle(textwrap.fill(note, 120), fontsize=8)
+    legend_space = 0.5 / fig.get_figheight()
+    fig.tight_layout(rect=(0, legend_space, 1, 1 - 0.3 / fig.get_figheight() if note else 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -7,6 +7,7 @@ folder names in sorted order.
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -63,6 +64,32 @@ class ImageFolder:
     def labels(self) -> list[int]:
         return [label for _, label in self.samples]
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_handle", None)
+        state.pop("_handle_pid", None)
+        return state
+
+    def _read(self, name: str) -> bytes:
+        if not self._zip:
+            return (self.root / name).read_bytes()
+        # One open ZipFile per process (worker processes must not share the parent's handle).
+        if getattr(self, "_handle_pid", None) != os.getpid():
+            self._handle = zipfile.ZipFile(self.root)
+            self._handle_pid = os.getpid()
+        return self._handle.read(name)
+
+    def open(self, name: str) -> Image.Image:
+        """Decode one entry to an RGB image.
+
+        Raises:
+            ValueError: unreadable or corrupt; the message names the entry and the root.
+        """
+        try:
+            return Image.open(io.BytesIO(self._read(name))).convert("RGB")
+        except Exception as err:  # PIL and zipfile raise several types for corrupt files
+            raise ValueError(f"cannot read image {name} in {self.root}: {err}") from err
+
     def load(
         self, indices: list[int], size: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,21 +102,11 @@ class ImageFolder:
             ValueError: an unreadable or corrupt image; the message names the entry and root.
         """
         images = []
-        zf = zipfile.ZipFile(self.root) if self._zip else None
-        try:
-            for i in indices:
-                name, _ = self.samples[i]
-                try:
-                    data = zf.read(name) if zf else (self.root / name).read_bytes()
-                    img = Image.open(io.BytesIO(data)).convert("RGB")
-                    if size is not None and img.size != (size, size):
-                        img = img.resize((size, size), Image.BILINEAR)
-                    images.append(np.asarray(img, dtype=np.uint8))
-                except Exception as err:  # PIL raises several types for corrupt files
-                    raise ValueError(f"cannot read image {name} in {self.root}: {err}") from err
-        finally:
-            if zf is not None:
-                zf.close()
+        for i in indices:
+            img = self.open(self.samples[i][0])
+            if size is not None and img.size != (size, size):
+                img = img.resize((size, size), Image.BILINEAR)
+            images.append(np.asarray(img, dtype=np.uint8))
         x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
         y = torch.tensor([self.samples[i][1] for i in indices], dtype=torch.long)
         return x, y

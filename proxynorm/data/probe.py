@@ -8,16 +8,7 @@ import torch
 from torch import Tensor
 
 from proxynorm.data.image_folder import ImageFolder, class_balanced_indices
-
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
-
-
-def normalize(images: Tensor, mean=CIFAR_MEAN, std=CIFAR_STD) -> Tensor:
-    """uint8 (N, 3, H, W) -> float32 standardized per channel."""
-    m = torch.tensor(mean).view(1, 3, 1, 1)
-    s = torch.tensor(std).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - m) / s
+from proxynorm.data.transforms import normalize
 
 
 def synthetic_images(n: int, size: int = 32, seed: int = 0) -> Tensor:

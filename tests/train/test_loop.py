@@ -1,0 +1,119 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import proxynorm.train.loop as loop
+from proxynorm.models import load_checkpoint
+from proxynorm.train import TrainingDiverged, build_config, train
+from proxynorm.train.metrics import read_jsonl
+from tests.fake_data import write_cifar10
+
+CIFAR_ZIP = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "cifar10-jpeg.zip"
+RECORD_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"}
+
+
+def tiny(data_dir, **kw):
+    """A resnet20 at quarter width on the fake CIFAR-10, with every source of randomness on."""
+    base = dict(
+        model="resnet20",
+        norm="gn+pn",
+        data_dir=str(data_dir),
+        download=False,
+        width_mult=0.25,
+        epochs=2,
+        batch_size=20,
+        lr=0.05,
+        dropout=0.2,
+        drop_path=0.1,
+        mixup=0.2,
+        probe=8,
+    )
+    return build_config("cifar", **{**base, **kw})
+
+
+def kill_after_epoch_1(cfg, out, monkeypatch):
+    """Run ``cfg`` and interrupt it right after its epoch-1 checkpoint is written."""
+    real_save = loop.save_model
+
+    def save_then_die(path, model, **extra):
+        real_save(path, model, **extra)
+        if extra["epoch"] == 1:
+            raise KeyboardInterrupt("killed after epoch 1")
+
+    monkeypatch.setattr(loop, "save_model", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out)
+    monkeypatch.setattr(loop, "save_model", real_save)
+    assert not (out / "final.json").exists()
+
+
+@pytest.fixture(scope="module")
+def fake_cifar(tmp_path_factory):
+    return write_cifar10(tmp_path_factory.mktemp("cifar"))
+
+
+def test_run_writes_metrics_checkpoint_and_final(fake_cifar, tmp_path):
+    final = train(tiny(fake_cifar), tmp_path / "run")
+    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert set(records[0]) >= RECORD_KEYS
+    assert len(records[0]["power"]) == 19  # one decomposition per norm-act step
+    assert sum(records[0]["power"][5].values()) == pytest.approx(1.0)
+    assert final["test_acc"] == records[-1]["test_acc"]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["norm"] == "gn+pn"
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt["epoch"] == 2
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny(fake_cifar), tmp_path / "run")
+
+
+def test_kill_and_resume_is_bit_exact(fake_cifar, tmp_path, monkeypatch):
+    cfg = tiny(fake_cifar, epochs=3)
+    train(cfg, tmp_path / "full")
+
+    kill_after_epoch_1(cfg, tmp_path / "killed", monkeypatch)
+    train(cfg, tmp_path / "killed", resume=True)
+
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["model"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ra = read_jsonl(tmp_path / "full" / "metrics.jsonl")
+    rb = read_jsonl(tmp_path / "killed" / "metrics.jsonl")
+    assert [r["test_acc"] for r in ra] == [r["test_acc"] for r in rb]
+    assert [r["epoch"] for r in rb] == [1, 2, 3]
+
+
+def test_resume_refuses_a_different_configuration(fake_cifar, tmp_path, monkeypatch):
+    kill_after_epoch_1(tiny(fake_cifar, epochs=2, probe=0), tmp_path / "run", monkeypatch)
+    with pytest.raises(ValueError, match="lr: 0.05 -> 0.1"):
+        train(tiny(fake_cifar, epochs=2, probe=0, lr=0.1), tmp_path / "run", resume=True)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(fake_cifar, tmp_path, monkeypatch):
+    real = loop.soft_cross_entropy
+    calls = {"n": 0}
+
+    def nan_in_epoch_2(logits, target, smoothing):
+        calls["n"] += 1
+        loss = real(logits, target, smoothing)
+        return loss * float("nan") if calls["n"] > 10 else loss  # 10 steps per epoch
+
+    monkeypatch.setattr(loop, "soft_cross_entropy", nan_in_epoch_2)
+    with pytest.raises(TrainingDiverged, match="non-finite loss .* epoch 2, step 1"):
+        train(tiny(fake_cifar, probe=0), tmp_path / "run")
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1]
+
+
+def test_evil_checkpoint_is_refused_on_resume(fake_cifar, tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp_path / "run").mkdir()
+    torch.save({"config": {}, "model": {}, "evil": Evil()}, tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(ValueError, match="cannot load checkpoint"):
+        train(tiny(fake_cifar), tmp_path / "run", resume=True)
