@@ -124,7 +124,7 @@ _TYPES = {
     "str": str,
     "int | None": int,
     "str | None": str,
-    "list[int]": lambda s: [int(v) for v in s.split(",") if v.strip()],
+    "list[float]": lambda s: [float(v) for v in s.split(",") if v.strip()],
 }
 _TRAIN_HELP = {
     "model": "model name (see create_model)",

@@ -54,7 +54,7 @@ class TrainConfig:
     epochs: int = 160
     warmup_epochs: float = 5.0
     schedule: str = "multistep"
-    milestones: list[int] = field(default_factory=lambda: [80, 120])
+    milestones: list[float] = field(default_factory=lambda: [80, 120])
     decay: float = 0.1
     decay_every: float = 2.4
     norm_batch: int | None = 128
@@ -121,7 +121,7 @@ def build_config(recipe: str = "cifar", extra_reg: bool = False, **overrides: An
     if "epochs" in overrides and values["epochs"] != recipe_epochs:
         factor = values["epochs"] / recipe_epochs
         if "milestones" not in overrides and "milestones" in values:
-            values["milestones"] = [round(m * factor) for m in values["milestones"]]
+            values["milestones"] = [m * factor for m in values["milestones"]]
         if "warmup_epochs" not in overrides:
             values["warmup_epochs"] = values.get("warmup_epochs", 0.0) * factor
     if "lr" in overrides and "lr_reference_batch" not in overrides:

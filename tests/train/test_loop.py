@@ -117,3 +117,26 @@ def test_evil_checkpoint_is_refused_on_resume(fake_cifar, tmp_path):
     torch.save({"config": {}, "model": {}, "evil": Evil()}, tmp_path / "run" / "checkpoint.pt")
     with pytest.raises(ValueError, match="cannot load checkpoint"):
         train(tiny(fake_cifar), tmp_path / "run", resume=True)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_imagefolder_data_streams_through_workers(tmp_path, workers):
+    from tests.fake_data import write_image_folder_zip
+
+    data = write_image_folder_zip(tmp_path / "imgs.zip", n_train=8, n_test=4)
+    cfg = build_config(
+        "imagenet-resnet",
+        model="resnet20",
+        norm="gn+pn",
+        data="imagefolder",
+        data_dir=str(data),
+        image_size=32,
+        width_mult=0.25,
+        epochs=1,
+        batch_size=8,
+        workers=workers,
+        probe=4,
+    )
+    final = train(cfg, tmp_path / "run")
+    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert final["test_acc"] is not None and len(records[0]["power"]) == 19
