@@ -140,3 +140,12 @@ def test_imagefolder_data_streams_through_workers(tmp_path, workers):
     final = train(cfg, tmp_path / "run")
     records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert final["test_acc"] is not None and len(records[0]["power"]) == 19
+
+
+def test_bf16_autocast_and_grad_clip_and_channels_last(fake_cifar, tmp_path):
+    cfg = tiny(
+        fake_cifar, epochs=1, amp="bf16", grad_clip=1.0, channels_last=True, ema_decay=0.9, probe=0
+    )
+    final = train(cfg, tmp_path / "run")
+    assert final["train_loss"] == pytest.approx(final["train_loss"])  # finite, not NaN
+    assert 0 <= final["test_acc"] <= 100
