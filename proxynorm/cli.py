@@ -41,18 +41,11 @@ DEFAULT_DATA = "../shared/data/cifar10-jpeg.zip"
 
 
 def _random_net_config(args: argparse.Namespace):
+    from dataclasses import fields
+
     from proxynorm.analysis.random_nets import RandomNetConfig
 
-    return RandomNetConfig(
-        depth=args.depth,
-        width=args.width,
-        act=args.act,
-        kernel_size=args.kernel_size,
-        gamma_std=args.gamma_std,
-        beta_std=args.beta_std,
-        first_stride=args.first_stride,
-        seed=args.seed,
-    )
+    return RandomNetConfig(**{f.name: getattr(args, f.name) for f in fields(RandomNetConfig)})
 
 
 def _split(text: str) -> list[str]:
