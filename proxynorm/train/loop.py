@@ -179,6 +179,12 @@ def probe_power(model: nn.Module, data: Data, device, channels_last: bool) -> li
     return [dict(zip(TERM_NAMES, p, strict=True)) for p in props]
 
 
+def _grad_scaler(device: torch.device, enabled: bool):
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type, enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)  # torch < 2.3
+
+
 def _check_resumable(saved: dict, cfg: TrainConfig) -> None:
     now = cfg.to_dict()
     diff = {k for k in now if saved.get(k) != now[k]} - _RESUMABLE_DIFFERENCES
@@ -211,15 +217,16 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     dtype = amp_dtype(cfg, device)
-    autocast = (
-        (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else (contextlib.nullcontext)
-    )
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
     data = build_data(cfg)
     model = build_model(cfg, data.num_classes).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    scaler = _grad_scaler(device, enabled=dtype == torch.float16)
     ema = ModelEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     start_epoch, elapsed = 0, 0.0
 
