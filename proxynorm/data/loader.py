@@ -19,6 +19,11 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
+def num_batches(n: int, batch_size: int, train: bool) -> int:
+    """Batches per epoch: training drops the last partial batch, evaluation keeps it."""
+    return n // batch_size if train else -(-n // batch_size)
+
+
 class ArrayLoader:
     """Batches of an in-memory uint8 data set, shuffled and augmented per epoch.
 
@@ -49,8 +54,7 @@ class ArrayLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.data)
-        return n // self.batch_size if self.train else -(-n // self.batch_size)
+        return num_batches(len(self.data), self.batch_size, self.train)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         gen = epoch_generator(self.seed, self.epoch)
@@ -102,8 +106,7 @@ class FolderLoader:
         self.dataset.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.dataset)
-        return n // self.batch_size if self.train else -(-n // self.batch_size)
+        return num_batches(len(self.dataset), self.batch_size, self.train)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         yield from folder_loader(self.dataset, self.batch_size, self.dataset.epoch, self.workers)
