@@ -16,7 +16,13 @@ OUT=${OUT:-experiments/results/cifar10_cpu}
 COMMON=(--model resnet20 --data cifar10 --data-dir "$DATA" --recipe cifar --subset 10000
         --epochs 20 --groups 8 --channels-last --probe 128)
 
-proxynorm compare --norms bn,gn,gn+pn,ln,ln+pn --seeds 3 --batch-size 128 "${COMMON[@]}" \
-  --out "$OUT/batch128"
-proxynorm compare --norms bn,gn+pn --seeds 2 --batch-size 8 --norm-batch 8 "${COMMON[@]}" \
-  --out "$OUT/batch8"
+# Seed-major order (compare --seeds K trains seeds 0..K-1 and skips finished ones), so that a
+# partial run already covers every norm and both batch sizes.
+for k in 1 2 3; do
+  proxynorm compare --norms bn,gn,gn+pn,ln,ln+pn --seeds "$k" --batch-size 128 "${COMMON[@]}" \
+    --out "$OUT/batch128"
+  if [ "$k" -le 2 ]; then
+    proxynorm compare --norms bn,gn+pn --seeds "$k" --batch-size 8 --norm-batch 8 "${COMMON[@]}" \
+      --out "$OUT/batch8"
+  fi
+done
