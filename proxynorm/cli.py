@@ -129,12 +129,17 @@ _TRAIN_HELP = {
     "recipe": "cifar, imagenet-resnet, efficientnet, or a YAML file",
     "extra_reg": "the recipe's extra "
     "regularization (label smoothing, dropout, stochastic depth / Mixup)",
-    "lr": "learning rate (taken at --batch-size when given; the recipe's lr is scaled linearly)",
+    "lr": "learning rate, used as given (the recipe's lr is scaled linearly to the global batch)",
     "epochs": "epochs (the recipe's milestones and warmup are scaled to it)",
     "amp": "mixed precision: auto (on for CUDA), off, bf16, fp16",
     "probe": "power decomposition of N fixed test images every epoch (0: off)",
     "milestones": "comma-separated epochs of lr decay",
     "device": "cpu, cuda or auto",
+    "batch_size": "images per step per process (under torchrun: per rank)",
+    "global_batch": "images per step over all torchrun processes (the per-process batch is "
+    "global_batch / world size)",
+    "sync_bn": "BN statistics over the global batch (SyncBatchNorm) under torchrun",
+    "dist_timeout": "seconds a process waits for a peer before failing (torchrun)",
 }
 
 
@@ -170,17 +175,24 @@ def _overrides(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from proxynorm.train import build_config, train
+    from proxynorm.train.distributed import from_env
 
     cfg = build_config(args.recipe or "cifar", bool(args.extra_reg), **_overrides(args))
-    print(
-        f"{cfg.model} {cfg.norm} on {cfg.data} ({cfg.data_dir}), recipe {cfg.recipe}: "
-        f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.effective_lr:.4g} -> {args.out}"
-    )
+    d = from_env()
+    shown = cfg.for_world(d.world_size)
+    processes = f" = {d.world_size} processes x {shown.batch_size}" if d.enabled else ""
+    if d.main:
+        print(
+            f"{cfg.model} {cfg.norm} on {cfg.data} ({cfg.data_dir}), recipe {cfg.recipe}: "
+            f"{cfg.epochs} epochs, batch {shown.global_batch}{processes}, "
+            f"lr {shown.effective_lr:.4g} -> {args.out}"
+        )
     final = train(cfg, args.out, resume=args.resume)
-    print(
-        f"final test accuracy {final['test_acc']:.2f}%, train accuracy "
-        f"{final['train_acc']:.2f}% ({final['wall_seconds']:.0f} s)"
-    )
+    if d.main:
+        print(
+            f"final test accuracy {final['test_acc']:.2f}%, train accuracy "
+            f"{final['train_acc']:.2f}% ({final['wall_seconds']:.0f} s)"
+        )
     return 0
 
 
@@ -198,9 +210,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         **_overrides(args, skip=("seed",)),
     )
     from proxynorm.train.compare import summary_markdown
+    from proxynorm.train.distributed import from_env
 
-    print(summary_markdown(summary))
-    print(f"wrote {args.out}/summary.md, summary.json and accuracy.png")
+    if from_env().main:
+        print(summary_markdown(summary))
+        print(f"wrote {args.out}/summary.md, summary.json and accuracy.png")
     return 1 if summary["failures"] else 0
 
 
@@ -273,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:  # e.g. TrainingDiverged: the message says what is kept
         print(f"proxynorm: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+    finally:
+        if "torch.distributed" in sys.modules:
+            from proxynorm.train.distributed import shutdown
+
+            shutdown()
 
 
 if __name__ == "__main__":

@@ -5,7 +5,12 @@ Dependence", NeurIPS 2021. Imports only torch, so it can be used inside anyone's
 """
 
 from proxynorm.layers.activation import ACTIVATIONS, resolve_act
-from proxynorm.layers.batch_norm import BatchNormAct2d, BatchNormStep
+from proxynorm.layers.batch_norm import (
+    BatchNormAct2d,
+    BatchNormStep,
+    SyncBatchNormStep,
+    convert_sync_batchnorm,
+)
 from proxynorm.layers.drop_path import DropPath
 from proxynorm.layers.evo_norm import EvoNormS0
 from proxynorm.layers.factory import NORM_ACT_LAYERS, conv2d, is_norm_act, norm_act
@@ -34,8 +39,10 @@ __all__ = [
     "NormSpec",
     "NormStep",
     "ProxyNormAct",
+    "SyncBatchNormStep",
     "WSConv2d",
     "conv2d",
+    "convert_sync_batchnorm",
     "is_norm_act",
     "norm_act",
     "parse_spec",

@@ -3,7 +3,9 @@
 Labatie et al., NeurIPS 2021, §3 and Appendix A.1; ``SPEC.md`` §1. In training, statistics are
 taken per channel over (N, H, W) of each sub-batch of ``norm_batch`` inputs (32 on ImageNet, 128 on
 CIFAR in the paper), which can be smaller than the batch; in eval mode, running averages are used.
-BN is the one batch-dependent norm of the zoo.
+BN is the one batch-dependent norm of the zoo; :class:`SyncBatchNormStep` takes its statistics
+over the batch of all processes of a ``torch.distributed`` group (for comparisons in data-parallel
+training; batch-independent norms never need it).
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from proxynorm.layers.activation import Activation
 from proxynorm.layers.norm_act import NormAct, NormStep, upcast
@@ -101,6 +105,93 @@ class BatchNormStep(NormStep):
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
             f"norm_batch={self.norm_batch}"
         )
+
+
+class SyncBatchNormStep(BatchNormStep):
+    r""":class:`BatchNormStep` with statistics over the batch of every process of a group.
+
+    :math:`y = (x - \mu) / \sqrt{\sigma^2 + \epsilon}` with :math:`\mu, \sigma^2` the mean and
+    population variance per channel over (N, H, W) of the union of the processes' batches (two
+    all-reduces: the sum, then the centered sum of squares, as a single process would compute
+    them). Gradients flow through the all-reduces. Without an initialized process group, a group of
+    one process, or in eval mode, it is :class:`BatchNormStep` without ghost batches. Unlike
+    :class:`torch.nn.SyncBatchNorm` it runs on CPU (gloo) as well as CUDA (NCCL).
+
+    Args:
+        num_features: number of channels C.
+        eps: stability constant (> 0).
+        momentum: running-average momentum in (0, 1].
+        process_group: the group to synchronize over (default: the whole world).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        process_group: Any = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, None, device, dtype)
+        self.process_group = process_group
+
+    def _synced(self) -> bool:
+        return (
+            self.training
+            and dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size(self.process_group) > 1
+        )
+
+    def _all_sum(self, t: Tensor) -> Tensor:
+        return dist_fn.all_reduce(t, group=self.process_group)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._synced():
+            return super().forward(x)
+        x32 = upcast(x)
+        dims = [0, *range(2, x.dim())]
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        with torch.no_grad():
+            count = torch.tensor(float(x32.numel() // x32.shape[1]), device=x.device)
+            dist.all_reduce(count, group=self.process_group)
+        mean = self._all_sum(x32.sum(dims)) / count
+        centered = x32 - mean.view(shape)
+        var = self._all_sum(centered.square().sum(dims)) / count
+        y = centered * torch.rsqrt(var + self.eps).view(shape)
+        with torch.no_grad():
+            unbiased = var * (count / (count - 1).clamp(min=1))
+            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+            self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), self.momentum)
+            self.num_batches_tracked.add_(1)
+        return y.to(x.dtype)
+
+    def forward_affine(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self._synced():
+            return NormStep.forward_affine(self, x, weight, bias)
+        return super().forward_affine(x, weight, bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, synchronized"
+
+
+def convert_sync_batchnorm(module: nn.Module, process_group: Any = None) -> nn.Module:
+    """Replace every :class:`BatchNormStep` in ``module`` by a :class:`SyncBatchNormStep` with the
+    same running statistics (in place; returns ``module``). Ghost batches (``norm_batch``) are
+    dropped: synchronized statistics are over the whole batch of all processes. Other norms are
+    left alone, so this is a no-op for batch-independent specs.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, BatchNormStep) and not isinstance(child, SyncBatchNormStep):
+            synced = SyncBatchNormStep(child.num_features, child.eps, child.momentum, process_group)
+            synced.load_state_dict(child.state_dict())
+            synced.to(device=child.running_mean.device, dtype=child.running_mean.dtype)
+            synced.train(child.training)
+            setattr(module, name, synced)
+        else:
+            convert_sync_batchnorm(child, process_group)
+    return module
 
 
 class BatchNormAct2d(NormAct):

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from proxynorm.layers import parse_spec
+from proxynorm.train import distributed
 from proxynorm.train.config import build_config
-from proxynorm.train.loop import CHECKPOINT, FINAL, METRICS, train
+from proxynorm.train.loop import FINAL, METRICS, TrainingDiverged, train
 from proxynorm.train.metrics import read_jsonl
 
 
@@ -39,28 +40,39 @@ def compare(
     """
     out = Path(out)
     norms = [parse_spec(n).name for n in norms]
+    # Under torchrun, join the process group now: rank 0 decides which runs remain.
+    base = build_config(recipe, extra_reg, **overrides)
+    d, _ = distributed.setup(base.device, base.dist_timeout)
     failures: dict[str, str] = {}
     for norm in norms:
         for seed in seeds:
             path = run_dir(out, norm, seed)
-            if (path / FINAL).exists():
-                print(f"[{norm} seed {seed}] finished earlier: {path}")
+            if distributed.broadcast((path / FINAL).exists() if d.main else None):
+                _log(d, f"[{norm} seed {seed}] finished earlier: {path}")
                 continue
             cfg = build_config(recipe, extra_reg, **overrides, norm=norm, seed=seed)
-            print(f"[{norm} seed {seed}] training into {path}", flush=True)
+            _log(d, f"[{norm} seed {seed}] training into {path}")
             try:
-                train(cfg, path, resume=(path / CHECKPOINT).exists())
+                train(cfg, path, resume=True)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as err:  # keep going: one bad run must not lose the others
+                if d.enabled and not isinstance(err, TrainingDiverged):
+                    raise  # the processes may be out of step: stop them all
                 failures[f"{norm}/seed{seed}"] = f"{type(err).__name__}: {err}"
-                print(f"[{norm} seed {seed}] FAILED: {err}\n{traceback.format_exc()}", flush=True)
-    summary = summarize(out, norms, seeds)
+                _log(d, f"[{norm} seed {seed}] FAILED: {err}\n{traceback.format_exc()}")
+    summary = summarize(out, norms, seeds) if d.main else {}
     summary["failures"] = failures
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    (out / "summary.md").write_text(summary_markdown(summary))
-    plot_accuracy(out, norms, seeds, out / "accuracy.png")
-    return summary
+    if d.main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        (out / "summary.md").write_text(summary_markdown(summary))
+        plot_accuracy(out, norms, seeds, out / "accuracy.png")
+    return distributed.broadcast(summary)
+
+
+def _log(d: distributed.Dist, message: str) -> None:
+    if d.main:
+        print(message, flush=True)
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:

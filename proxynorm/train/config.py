@@ -39,6 +39,10 @@ class TrainConfig:
     channels_last: bool = False
     grad_clip: float = 0.0
     probe: int = 0
+    # --- data parallelism (torchrun)
+    global_batch: int | None = None
+    sync_bn: bool = False
+    dist_timeout: float = 600.0
     # --- recipe fields (defaults come from the recipe's YAML)
     optimizer: str = "sgd"
     lr: float = 0.1
@@ -69,10 +73,27 @@ class TrainConfig:
 
     @property
     def effective_lr(self) -> float:
-        """``lr`` scaled linearly from ``lr_reference_batch`` to ``batch_size`` (if scale_lr)."""
+        """``lr`` scaled linearly from ``lr_reference_batch`` to the global batch (if scale_lr)."""
         if not self.scale_lr:
             return self.lr
-        return self.lr * self.batch_size / self.lr_reference_batch
+        return self.lr * (self.global_batch or self.batch_size) / self.lr_reference_batch
+
+    def for_world(self, world_size: int) -> TrainConfig:
+        """This config with ``batch_size`` per process and ``global_batch`` for ``world_size``
+        processes: ``global_batch`` (when set) is split evenly, otherwise every process takes
+        ``batch_size`` and the global batch is ``batch_size × world_size``.
+
+        Raises:
+            ValueError: ``global_batch`` is not a positive multiple of ``world_size``.
+        """
+        if self.global_batch is None:
+            return dataclasses.replace(self, global_batch=self.batch_size * world_size)
+        if self.global_batch < 1 or self.global_batch % world_size:
+            raise ValueError(
+                f"global_batch={self.global_batch} must be a positive multiple of the "
+                f"{world_size} processes (set --global-batch or a per-process --batch-size)"
+            )
+        return dataclasses.replace(self, batch_size=self.global_batch // world_size)
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "effective_lr": self.effective_lr}
@@ -106,10 +127,13 @@ def recipe_values(name: str, extra_reg: bool = False) -> dict[str, Any]:
 def build_config(recipe: str = "cifar", extra_reg: bool = False, **overrides: Any) -> TrainConfig:
     """Recipe defaults, then ``overrides`` (``None`` values are ignored).
 
-    An explicit ``lr`` is taken at the run's own batch size unless ``lr_reference_batch`` is also
-    given; otherwise the recipe's lr is scaled linearly to ``batch_size`` when ``scale_lr``.
-    A shorter or longer ``epochs`` without explicit ``milestones`` / ``warmup_epochs`` scales the
-    recipe's milestones and warmup by the same factor (the schedule keeps its shape).
+    An explicit ``lr`` is used as given (at the run's own global batch) unless
+    ``lr_reference_batch`` or ``scale_lr`` is also given; otherwise the recipe's lr is scaled
+    linearly to the global batch when ``scale_lr``. The recipe's ``batch_size`` is the global
+    batch (split over torchrun's processes) unless ``batch_size`` (per process) or
+    ``global_batch`` is given. A shorter or longer ``epochs`` without explicit ``milestones`` /
+    ``warmup_epochs`` scales the recipe's milestones and warmup by the same factor (the schedule
+    keeps its shape).
 
     Raises:
         ValueError: unknown recipe or field (the message lists the valid fields).
@@ -124,8 +148,11 @@ def build_config(recipe: str = "cifar", extra_reg: bool = False, **overrides: An
             values["milestones"] = [m * factor for m in values["milestones"]]
         if "warmup_epochs" not in overrides:
             values["warmup_epochs"] = values.get("warmup_epochs", 0.0) * factor
-    if "lr" in overrides and "lr_reference_batch" not in overrides:
-        values["lr_reference_batch"] = values.get("batch_size", TrainConfig.batch_size)
+    if not {"batch_size", "global_batch"} & set(overrides):
+        # The recipe's batch is the paper's global batch, whatever the number of processes.
+        values["global_batch"] = values.get("batch_size", TrainConfig.batch_size)
+    if "lr" in overrides and not {"lr_reference_batch", "scale_lr"} & set(overrides):
+        values["scale_lr"] = False
     names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - names)
     if unknown:

@@ -5,6 +5,10 @@ Per epoch: train (optional mixed precision, gradient clipping, Mixup/CutMix, wei
 optionally decompose the power of a fixed probe batch at every norm-act step, then write an atomic
 checkpoint and one JSONL record. Shuffling and augmentation depend only on (seed, epoch) and the
 global RNG state is checkpointed, so ``resume=True`` reproduces an uninterrupted run.
+
+Under ``torchrun`` the same loop runs in every process with DistributedDataParallel: each step's
+global batch is split across the processes (``train.distributed``), metrics are summed over them,
+and only rank 0 prints and writes files.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,17 +32,20 @@ from proxynorm.data.datasets import is_image_folder
 from proxynorm.data.image_folder import ImageFolder
 from proxynorm.data.loader import ArrayLoader, FolderDataset, FolderLoader, epoch_generator
 from proxynorm.data.transforms import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
-from proxynorm.layers import parse_spec
+from proxynorm.layers import convert_sync_batchnorm, parse_spec
 from proxynorm.models import create_model, load_checkpoint, save_model
+from proxynorm.train import distributed
 from proxynorm.train.config import TrainConfig
+from proxynorm.train.distributed import Dist
 from proxynorm.train.metrics import append_jsonl, read_jsonl, truncate_jsonl
 from proxynorm.train.optim import ModelEMA, build_optimizer, lr_at
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 FINAL = "final.json"
-# Options that may differ when resuming: they do not change the computation's result on CPU.
-_RESUMABLE_DIFFERENCES = {"device", "workers", "download", "data_dir"}
+# Options that may differ when resuming: they do not change the computation's result on CPU
+# (the per-process batch follows from the global batch and the number of processes).
+_RESUMABLE_DIFFERENCES = {"device", "workers", "download", "data_dir", "dist_timeout", "batch_size"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -54,16 +62,6 @@ class Data:
     probe: Tensor | None  # uint8 images, fixed across epochs
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but CUDA is not available")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu, cuda or auto, got {name!r}")
-    return torch.device(name)
-
-
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     """Autocast dtype: ``auto`` is float16/bfloat16 on CUDA and off on CPU (bf16 is slower than
     float32 on most CPUs); norm and PN statistics stay float32 inside the layers."""
@@ -76,8 +74,11 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     raise ValueError(f"amp must be auto, off, bf16 or fp16, got {cfg.amp!r}")
 
 
-def build_data(cfg: TrainConfig) -> Data:
-    """Loaders for the configured data set (CIFAR in memory, other image folders streamed)."""
+def build_data(cfg: TrainConfig, d: Dist | None = None) -> Data:
+    """Loaders for the configured data set (CIFAR in memory, other image folders streamed), each
+    yielding process ``d.rank``'s share of every global batch."""
+    d = d or Dist()
+    shard = {"rank": d.rank, "world_size": d.world_size}
     if cfg.data in ("cifar10", "cifar100"):
         train, test, num_classes = load_small_images(
             cfg.data, cfg.data_dir, cfg.download, size=cfg.image_size
@@ -91,8 +92,8 @@ def build_data(cfg: TrainConfig) -> Data:
         if cfg.probe:
             probe = test.images[class_balanced_indices(test.labels.tolist(), cfg.probe, 0)]
         return Data(
-            ArrayLoader(train, cfg.batch_size, True, cfg.seed, cfg.augment),
-            ArrayLoader(test, cfg.batch_size, False),
+            ArrayLoader(train, cfg.batch_size, True, cfg.seed, cfg.augment, **shard),
+            ArrayLoader(test, cfg.batch_size, False, **shard),
             num_classes,
             CIFAR_MEAN,
             CIFAR_STD,
@@ -111,8 +112,8 @@ def build_data(cfg: TrainConfig) -> Data:
         if cfg.probe:
             probe = torch.stack([test[i][0] for i in range(min(cfg.probe, len(test)))])
         return Data(
-            FolderLoader(train, cfg.batch_size, cfg.workers),
-            FolderLoader(test, cfg.batch_size, cfg.workers),
+            FolderLoader(train, cfg.batch_size, cfg.workers, **shard),
+            FolderLoader(test, cfg.batch_size, cfg.workers, **shard),
             len(train_f.classes),
             IMAGENET_MEAN,
             IMAGENET_STD,
@@ -152,7 +153,7 @@ def soft_cross_entropy(logits: Tensor, target: Tensor, smoothing: float) -> Tens
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, data: Data, device, autocast, channels_last: bool):
-    """Mean loss and accuracy (%) over ``loader`` in eval mode."""
+    """Mean loss and accuracy (%) over ``loader`` in eval mode (over all processes' shards)."""
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for x, y in loader:
@@ -162,6 +163,7 @@ def evaluate(model: nn.Module, loader, data: Data, device, autocast, channels_la
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
         count += len(y)
+    loss_sum, correct, count = distributed.sum_across([loss_sum, correct, count], device)
     return loss_sum / count, 100.0 * correct / count
 
 
@@ -185,7 +187,9 @@ def _grad_scaler(device: torch.device, enabled: bool):
     return torch.cuda.amp.GradScaler(enabled=enabled)  # torch < 2.3
 
 
-def _check_resumable(saved: dict, cfg: TrainConfig) -> None:
+def _check_resumable(saved: dict, cfg: TrainConfig, world_size: int) -> None:
+    """Refuse to resume with options that change the computation (missing keys: defaults)."""
+    saved = TrainConfig.from_dict(saved).for_world(world_size).to_dict()
     now = cfg.to_dict()
     diff = {k for k in now if saved.get(k) != now[k]} - _RESUMABLE_DIFFERENCES
     if diff:
@@ -195,11 +199,33 @@ def _check_resumable(saved: dict, cfg: TrainConfig) -> None:
         )
 
 
+def _start(out: Path, resume: bool) -> dict[str, Any]:
+    """Rank 0 looks at ``out``: a finished run's summary, a checkpoint to resume, or an error."""
+    ckpt_path = out / CHECKPOINT
+    if (out / FINAL).exists() and resume:
+        return {"final": json.loads((out / FINAL).read_text())}
+    if ckpt_path.exists() and not resume:
+        return {"error": f"{out} already holds a run; pass --resume or use a new --out"}
+    if resume and ckpt_path.exists():
+        return {"checkpoint": load_checkpoint(ckpt_path)}
+    return {}
+
+
+def _wrap(model: nn.Module, d: Dist, device: torch.device) -> nn.Module:
+    """The module that trains: DistributedDataParallel across processes, else the model itself."""
+    if not d.enabled:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, Any]:
     """Train ``cfg`` into directory ``out``; returns the final summary (also ``final.json``).
 
     ``out`` receives ``config.json``, ``metrics.jsonl`` (one record per epoch),
     ``checkpoint.pt`` (after every epoch, written atomically) and ``final.json`` when done.
+    Launched by ``torchrun``, every process calls this; rank 0 reads and writes ``out`` and
+    broadcasts what it read (a checkpoint to resume need not be on every machine).
 
     Raises:
         FileExistsError: ``out`` holds a run and ``resume`` is false.
@@ -207,22 +233,40 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
     """
     out = Path(out)
     ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
-    if (out / FINAL).exists() and resume:
-        return json.loads((out / FINAL).read_text())
-    if ckpt_path.exists() and not resume:
-        raise FileExistsError(f"{out} already holds a run; pass --resume or use a new --out")
-    out.mkdir(parents=True, exist_ok=True)
+    d, device = distributed.setup(cfg.device, cfg.dist_timeout)
+    cfg = cfg.for_world(d.world_size)
+    start = distributed.broadcast(_start(out, resume) if d.main else None)
+    if "final" in start:
+        return start["final"]
+    if "error" in start:
+        raise FileExistsError(start["error"])
+    ckpt = start.get("checkpoint")
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+    log = print if d.main else (lambda *a, **k: None)
 
     # --- setup: seed, device, data, model, optimizer
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
     dtype = amp_dtype(cfg, device)
 
     def autocast():
         return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
-    data = build_data(cfg)
+    data = build_data(cfg, d)
     model = build_model(cfg, data.num_classes).to(device)
+    if cfg.sync_bn:
+        if not parse_spec(cfg.norm).batch_dependent:
+            warnings.warn(
+                f"--sync-bn has no effect on {cfg.norm!r}: it is batch independent",
+                stacklevel=2,
+            )
+        elif cfg.norm_batch and cfg.norm_batch < cfg.global_batch:
+            warnings.warn(
+                f"--sync-bn normalizes BN over the global batch of {cfg.global_batch}; "
+                f"norm_batch={cfg.norm_batch} is ignored",
+                stacklevel=2,
+            )
+        model = convert_sync_batchnorm(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
@@ -230,21 +274,30 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
     ema = ModelEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     start_epoch, elapsed = 0, 0.0
 
-    if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        _check_resumable(ckpt["train_config"], cfg)
+    if ckpt is not None:
+        _check_resumable(ckpt["train_config"], cfg, d.world_size)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         if ema is not None:
             ema.module.load_state_dict(ckpt["ema"])
-        torch.set_rng_state(ckpt["rng"])
+        rng = ckpt.get("rank_rng") or [ckpt["rng"]]
+        if len(rng) == d.world_size:
+            torch.set_rng_state(rng[d.rank])
+        elif d.main:
+            torch.set_rng_state(rng[0])
         start_epoch, elapsed = ckpt["epoch"], ckpt["elapsed"]
-        truncate_jsonl(metrics_path, start_epoch)
-        print(f"resuming {out} after epoch {start_epoch}")
-    else:
+        log(f"resuming {out} after epoch {start_epoch}")
+        if d.main:
+            truncate_jsonl(metrics_path, start_epoch)
+    elif d.main:
         metrics_path.unlink(missing_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    if ckpt is None and d.rank > 0:
+        # Rank 0 keeps the single-process random stream; other ranks draw their own dropout.
+        torch.manual_seed(cfg.seed + 1_000_003 * d.rank)
+    if d.main:
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    trainer = _wrap(model, d, device)
 
     mix = cfg.mixup > 0 or cfg.cutmix > 0
     steps = len(data.train)
@@ -260,7 +313,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
             total=steps,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             leave=False,
-            disable=None,
+            disable=None if d.main else True,
         )
         for i, (x, y) in enumerate(bar):
             x, y = _prepare(x, data, device, cfg.channels_last), y.to(device)
@@ -273,9 +326,12 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with autocast():
-                logits = model(x)
+                logits = trainer(x)
             loss = soft_cross_entropy(logits, target, cfg.label_smoothing)
-            if not torch.isfinite(loss):
+            finite = bool(torch.isfinite(loss))
+            if d.enabled:  # every process stops together (no peer is left waiting)
+                finite = distributed.sum_across([float(not finite)], device)[0] == 0
+            if not finite:
                 raise TrainingDiverged(
                     f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {i + 1}; "
                     f"{out / CHECKPOINT} still holds the last good epoch ({epoch})"
@@ -295,12 +351,16 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
             seconds = time.perf_counter() - t0
             bar.set_postfix(loss=f"{loss_sum / count:.3f}", img_s=f"{count / seconds:.0f}")
         train_seconds = time.perf_counter() - t0
+        loss_sum, correct, count = distributed.sum_across([loss_sum, correct, count], device)
 
         # --- evaluate, probe, checkpoint, log
         eval_model = ema.module if ema is not None else model
         test_loss, test_acc = evaluate(
             eval_model, data.test, data, device, autocast, cfg.channels_last
         )
+        rank_rng = distributed.gather(torch.get_rng_state())
+        if not d.main:
+            continue
         record = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / count,
@@ -324,8 +384,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
             optimizer=optimizer.state_dict(),
             scaler=scaler.state_dict(),
             ema=ema.module.state_dict() if ema is not None else None,
-            rng=torch.get_rng_state(),
+            rng=rank_rng[0],
+            rank_rng=rank_rng,
             elapsed=elapsed,
+            world_size=d.world_size,
         )
         print(
             f"epoch {epoch + 1}/{cfg.epochs}  train loss {record['train_loss']:.3f} "
@@ -334,7 +396,12 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
             flush=True,
         )
 
-    records = read_jsonl(metrics_path)
+    return distributed.broadcast(_finish(cfg, out, elapsed, d) if d.main else None)
+
+
+def _finish(cfg: TrainConfig, out: Path, elapsed: float, d: Dist) -> dict[str, Any]:
+    """Write ``final.json`` from the last metrics record (rank 0)."""
+    records = read_jsonl(out / METRICS)
     last = records[-1] if records else {}
     final = {
         "model": cfg.model,
@@ -346,6 +413,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
         "test_loss": last.get("test_loss"),
         "train_loss": last.get("train_loss"),
         "wall_seconds": elapsed,
+        "world_size": d.world_size,
         "config": cfg.to_dict(),
     }
     (out / FINAL).write_text(json.dumps(final, indent=1))

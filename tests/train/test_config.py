@@ -81,3 +81,18 @@ def test_weight_decay_groups():
     assert len(everything["params"]) == len(list(model.parameters()))
     opt = build_optimizer(model, build_config("efficientnet"))
     assert isinstance(opt, torch.optim.RMSprop)
+
+
+def test_global_batch_splits_over_processes_and_sets_the_lr():
+    c = build_config("cifar", global_batch=64)
+    two = c.for_world(2)
+    assert (two.batch_size, two.global_batch) == (32, 64)
+    assert two.effective_lr == pytest.approx(0.1 * 64 / 128)
+    four = build_config("cifar", batch_size=16).for_world(4)  # per-process batch given
+    assert (four.batch_size, four.global_batch) == (16, 64)
+    assert four.effective_lr == pytest.approx(0.1 * 64 / 128)
+    assert build_config("cifar").for_world(1).global_batch == 128
+    recipe = build_config("imagenet-resnet").for_world(8)  # the paper's global batch by default
+    assert (recipe.batch_size, recipe.global_batch, recipe.effective_lr) == (32, 256, 0.1)
+    with pytest.raises(ValueError, match="global_batch=64 must be a positive multiple of the 3"):
+        c.for_world(3)
