@@ -208,3 +208,16 @@ def test_killed_rank_fails_fast_and_the_run_resumes(data, tmp_path):
     assert f"resuming {out} after epoch {done}" in resumed.stdout
     assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(1, 7))
     assert json.loads((out / "final.json").read_text())["world_size"] == 2
+
+
+def test_compare_under_torchrun_writes_one_summary(data, tmp_path):
+    args = train_args(data, tmp_path / "cmp", "gn+pn")
+    args = ["compare", "--norms=gn+pn,ln", "--seeds=1"] + [
+        a for a in args[1:] if "--norm=" not in a
+    ]
+    result = run(args, 2, tmp_path)
+    assert result.stdout.count("| GN+PN |") == 1 and result.stdout.count("| LN |") == 1
+    summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
+    assert set(summary["norms"]) == {"gn+pn", "ln"} and not summary["failures"]
+    again = run(args, 2, tmp_path)  # rank 0 finds both runs finished; nobody trains
+    assert again.stdout.count("finished earlier") == 2 and "epoch 1/1" not in again.stdout
