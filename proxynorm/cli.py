@@ -218,6 +218,23 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 1 if summary["failures"] else 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from proxynorm.bench import run_benchmarks
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    results = run_benchmarks(
+        args.out, _split(args.models), args.repeats, _split(args.compile or "")
+    )
+    from proxynorm.bench import markdown
+
+    print(markdown(results))
+    print(f"wrote {args.out}/bench.json and {args.out}/bench.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="proxynorm",
@@ -257,6 +274,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--linearity-norms", default="ln,gn,ln+pn", help="norms for the linearity plot")
     _add_random_net_args(p, "runs/theory")
     p.set_defaults(func=_cmd_theory)
+
+    p = sub.add_parser(
+        "bench", help="time and saved memory of norm-act layers and training steps vs BN+ReLU"
+    )
+    p.add_argument("--models", default="resnet20,resnet50", help="resnet20 and/or resnet50")
+    p.add_argument("--repeats", type=int, default=10, help="timed rounds per model (>= 10)")
+    p.add_argument(
+        "--compile", default="", help="models to also time under torch.compile (e.g. resnet20)"
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch default)")
+    p.add_argument("--out", default="runs/bench", help="output directory (JSON + Markdown)")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("train", help="train one model with one norm")
     p.add_argument("--out", required=True, help="run directory (config, metrics, checkpoint)")

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from proxynorm.layers.activation import Activation
-from proxynorm.layers.norm_act import NormAct, NormStep, upcast
+from proxynorm.layers.norm_act import NormAct, NormStep
+from proxynorm.layers.precision import upcast
 from proxynorm.layers.validation import check_num_features, check_positive
 
 

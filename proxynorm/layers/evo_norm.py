@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from proxynorm.layers.norm_act import upcast
+from proxynorm.layers.precision import upcast
 from proxynorm.layers.validation import (
     check_input,
     check_num_features,

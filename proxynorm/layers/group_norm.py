@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from proxynorm.layers.activation import Activation
-from proxynorm.layers.norm_act import NormAct, NormStep, upcast
+from proxynorm.layers.norm_act import NormAct, NormStep
+from proxynorm.layers.precision import upcast
 from proxynorm.layers.validation import check_num_features, check_positive, resolve_groups
 
 
@@ -39,6 +40,9 @@ class GroupNormStep(NormStep):
 
     def forward_affine(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return F.group_norm(upcast(x), self.groups, weight, bias, self.eps).to(x.dtype)
+
+    def fused_groups(self) -> int | None:
+        return self.groups
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, groups={self.groups}, eps={self.eps}"

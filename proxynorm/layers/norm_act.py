@@ -17,13 +17,6 @@ from proxynorm.layers.activation import Activation, act_name, inplace_act, resol
 from proxynorm.layers.proxy_norm import ProxyNormAct
 from proxynorm.layers.validation import check_input, check_num_features
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def upcast(x: Tensor) -> Tensor:
-    """``x`` in float32 if it is float16/bfloat16 (norm statistics stay float32), else ``x``."""
-    return x.float() if x.dtype in _LOW_PRECISION else x
-
 
 def affine(y: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """Per-channel ``γ y + β`` (β optional) in ``y``'s dtype, for (N, C) or (N, C, H, W) ``y``."""
@@ -90,6 +83,11 @@ class NormStep(nn.Module):
     def forward_affine(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """``γ y + β`` computed in one pass when the norm has a native fused kernel."""
         return affine(self(x), weight, bias)
+
+    def fused_groups(self) -> int | None:
+        """The GroupNorm groups when this step is exactly ``GroupNorm(groups, eps)`` (so PN can
+        fuse with it), else ``None``."""
+        return None
 
 
 class NormAct(nn.Module):
@@ -178,8 +176,11 @@ class NormAct(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, self.num_features, type(self).__name__, self._min_dim)
-        if isinstance(self.act, AffineAct) and not (
-            self.norm._forward_hooks or self.norm._forward_pre_hooks
-        ):
+        if self.norm._forward_hooks or self.norm._forward_pre_hooks:
+            return self.act(self.norm(x))
+        if isinstance(self.act, AffineAct):
             return self.act.activate_(self.norm.forward_affine(x, self.act.weight, self.act.bias))
+        groups = self.norm.fused_groups()
+        if groups is not None and self.act.uses_fused and not self.act._forward_hooks:
+            return self.act.forward_group_norm(x, groups, self.norm.eps)
         return self.act(self.norm(x))

@@ -22,7 +22,15 @@ import torch
 from torch import Tensor, nn
 
 from proxynorm.layers.activation import Activation, act_name, resolve_act
+from proxynorm.layers.fused_proxy_norm import FUSED_ACTS, fused_proxy_norm_act, proxy_statistics
 from proxynorm.layers.validation import check_input, check_num_features, check_positive
+
+
+def _compiling() -> bool:
+    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+    if is_compiling is None:
+        from torch._dynamo import is_compiling
+    return bool(is_compiling())
 
 
 def proxy_quantiles(
@@ -148,6 +156,13 @@ class ProxyNormAct(nn.Module):
             otherwise Y~ ~ N(0, 1).
         scale: divide by the proxy std. ``False`` subtracts the proxy mean only (the paper's
             setting for the step just before final global pooling).
+        fused: run the input-sized work in one ``autograd.Function`` that saves only its input
+            and recomputes the rest in backward (:mod:`proxynorm.layers.fused_proxy_norm`), for
+            the activations in ``FUSED_ACTS``; ``False`` (or another φ) runs the reference
+            composition of PyTorch ops. Both give the same values and gradients.
+
+    In eval mode without gradients, the proxy statistics are computed once and reused until a
+    parameter changes (in-place updates and ``load_state_dict`` included) or ``train()`` is called.
 
     Attributes:
         weight: γ, shape (C,), init 1.  bias: β, shape (C,), init 0.
@@ -171,11 +186,14 @@ class ProxyNormAct(nn.Module):
         n_samples: int = 256,
         proxy_affine: bool = True,
         scale: bool = True,
+        fused: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
+        self.fused = bool(fused)
+        self._stats_cache: tuple | None = None
         self.num_features = check_num_features(num_features)
         self.eps = check_positive("eps", eps)
         self.n_samples = n_samples
@@ -216,8 +234,67 @@ class ProxyNormAct(nn.Module):
             self.weight, self.bias, self.proxy_weight, self.proxy_bias, self.act_fn, self.quantiles
         )
 
+    @property
+    def uses_fused(self) -> bool:
+        """Whether forward runs the fused Function (``fused`` and a supported φ)."""
+        return self.fused and self.act_name in FUSED_ACTS
+
+    def train(self, mode: bool = True) -> ProxyNormAct:
+        self._stats_cache = None
+        return super().train(mode)
+
+    def _cached_stats(self) -> tuple[Tensor, Tensor] | None:
+        """``(m, r)`` for inference (eval mode, no gradient needed, not compiling), computed once
+        and reused while the parameters are unchanged; ``None`` otherwise."""
+        if self.training or _compiling():
+            return None
+        params = [self.weight, self.bias, self.proxy_weight, self.proxy_bias]
+        params = [p for p in params if p is not None]
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return None
+        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+        if self._stats_cache is None or self._stats_cache[0] != key:
+            with torch.no_grad():
+                stats = proxy_statistics(
+                    self.weight,
+                    self.bias,
+                    self.proxy_weight,
+                    self.proxy_bias,
+                    self.quantiles,
+                    self.act_name,
+                    self.eps,
+                    self.scale,
+                    torch.promote_types(self.weight.dtype, torch.float32),
+                )
+            self._stats_cache = (key, stats)
+        return self._stats_cache[1]
+
+    def _fused(self, x: Tensor, groups: int | None = None, eps: float = 1e-5) -> Tensor:
+        return fused_proxy_norm_act(
+            x,
+            self.weight,
+            self.bias,
+            self.proxy_weight,
+            self.proxy_bias,
+            self.quantiles,
+            self.act_name,
+            self.eps,
+            self.scale,
+            groups,
+            eps,
+            stats=self._cached_stats(),
+        )
+
+    def forward_group_norm(self, x: Tensor, groups: int, eps: float) -> Tensor:
+        """GroupNorm(``groups``, ``eps``) of ``x`` then this step, fused (requires
+        :attr:`uses_fused`): the GN+PN layer saves only ``x``, per-group statistics and its
+        output."""
+        return self._fused(x, groups, eps)
+
     def forward(self, y: Tensor) -> Tensor:
         check_input(y, self.num_features, type(self).__name__)
+        if self.uses_fused:
+            return self._fused(y)
         return proxy_norm_act(
             y,
             self.weight,
@@ -233,5 +310,6 @@ class ProxyNormAct(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, act={self.act_name}, eps={self.eps}, "
-            f"n_samples={self.n_samples}, proxy_affine={self.proxy_affine}, scale={self.scale}"
+            f"n_samples={self.n_samples}, proxy_affine={self.proxy_affine}, scale={self.scale}, "
+            f"fused={self.uses_fused}"
         )

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The CPU benchmark tables of docs/PERFORMANCE.md (issue 7). Pause other CPU work while it runs:
+# every number is a ratio within one process, but a busy machine still adds noise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results}
+# 1. Layers and training steps as users run them (glibc's default allocator).
+proxynorm bench --models resnet20,resnet50 --compile resnet20 --repeats 10 --out "$OUT/cpu"
+# 2. The same resnet20 steps with glibc told to keep large blocks instead of returning them to
+#    the OS after every step (fewer page faults; see docs/PERFORMANCE.md).
+MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 \
+  proxynorm bench --models resnet20 --repeats 10 --out "$OUT/cpu-malloc"

@@ -1,0 +1,295 @@
+"""Fused proxy-normalized activation: one ``autograd.Function`` per PN activation step.
+
+Labatie et al., NeurIPS 2021, Eq. (7); ``SPEC.md`` §2. Per channel, PN's activation step is
+
+    out = (φ(γ y + β) − m) · r,    m = E[φ(γ Y~ + β)],  r = 1 / sqrt(Var[φ(γ Y~ + β)] + eps)
+
+with ``Y~ = β~ + (1 + γ~) q`` over the ``n`` standard-normal quantiles ``q`` (population
+variance). One Function computes the proxy statistics (C × n values) and the input-sized step,
+saves only its input, the (C,)-sized parameters and, fused with GroupNorm, the per-group statistics
+and its own output (which the next convolution saves anyway), and recomputes the rest in backward
+with hand-derived gradients:
+
+    ∂/∂y = g r φ'(u) γ,   ∂/∂γ = r Σ g φ'(u) y,   ∂/∂β = r Σ g φ'(u)      (main path, u = γy + β)
+    ∂/∂m = −r Σ g,        ∂/∂r = Σ g (φ(u) − m) = Σ g · out / r
+    ∂/∂v = −r³/2 · ∂/∂r;  through the proxy: ∂/∂z~_i = (∂/∂m + 2 (z~_i − m) ∂/∂v) / n,
+    ∂/∂u~_i = φ'(u~_i) ∂/∂z~_i, then γ, β, γ~, β~ by the chain rule through u~ = γ Y~ + β.
+
+With ``groups`` set, the Function also does the GroupNorm step before it (GN, LN = 1 group,
+IN = C groups) through PyTorch's native ``native_group_norm`` kernels, so a GN+PN layer makes the
+same passes over memory as GN + ReLU plus one. For positively homogeneous φ (ReLU, identity),
+r > 0 is folded into the norm's affine: ``out = max(γr·y + (β−m)r, −mr)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from proxynorm.layers.precision import upcast
+
+# φ(c·u) = c·φ(u) for c > 0: r folds into the affine, and Σ g φ(u) = γ ∂γ' + β ∂β' (no extra pass).
+_HOMOGENEOUS = {"relu", "identity", "linear"}
+
+
+def _relu_grad(g: Tensor, u: Tensor) -> Tensor:
+    return torch.ops.aten.threshold_backward(g, u, 0.0)
+
+
+def _identity_grad(g: Tensor, u: Tensor) -> Tensor:
+    return g
+
+
+# φ (allowed to work in place on a fresh tensor) and (g, u) ↦ g φ'(u).
+_ACTS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor], Tensor]]] = {
+    "relu": (torch.relu_, _relu_grad),
+    "identity": (lambda u: u, _identity_grad),
+    "linear": (lambda u: u, _identity_grad),
+    "silu": (lambda u: F.silu(u, inplace=True), torch.ops.aten.silu_backward),
+    "swish": (lambda u: F.silu(u, inplace=True), torch.ops.aten.silu_backward),
+    "gelu": (F.gelu, torch.ops.aten.gelu_backward),
+}
+
+#: Activation names the fused Function supports (others use the reference path).
+FUSED_ACTS = frozenset(_ACTS)
+
+
+def _dense(x: Tensor) -> Tensor:
+    """``x`` upcast to at least float32 and dense in its own memory format (native kernels)."""
+    return upcast(x).contiguous(memory_format=_memory_format(x))
+
+
+def _sum_but_channels(t: Tensor) -> Tensor:
+    return t.sum(dim=[d for d in range(t.dim()) if d != 1])
+
+
+def _proxy_inputs(weight, bias, proxy_weight, proxy_bias, quantiles, cdt):
+    """Y~ (C, n) and u~ = γ Y~ + β (C, n), in the compute dtype."""
+    q = quantiles.to(cdt).unsqueeze(0)
+    ytil = q if proxy_weight is None else q * (1.0 + proxy_weight.to(cdt)).unsqueeze(1)
+    if proxy_bias is not None:
+        ytil = ytil + proxy_bias.to(cdt).unsqueeze(1)
+    return ytil, torch.addcmul(bias.to(cdt).unsqueeze(1), ytil, weight.to(cdt).unsqueeze(1))
+
+
+def proxy_statistics(
+    weight: Tensor,
+    bias: Tensor,
+    proxy_weight: Tensor | None,
+    proxy_bias: Tensor | None,
+    quantiles: Tensor,
+    act: str,
+    proxy_eps: float,
+    scale: bool,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
+    """The proxy mean m and r = 1/sqrt(var + eps) (ones without ``scale``), each (C,), in
+    ``dtype`` (no autograd graph is recorded by the fused Function; see its backward)."""
+    _, u = _proxy_inputs(weight, bias, proxy_weight, proxy_bias, quantiles, dtype)
+    var, mean = torch.var_mean(_ACTS[act][0](u), dim=1, correction=0)
+    r = torch.rsqrt(var + proxy_eps) if scale else torch.ones_like(var)
+    return mean, r
+
+
+def _step(x: Tensor, w, b, m, r, act: str, groups: int | None, eps: float):
+    """The input-sized forward: ``(out, group stats)``, in x's (upcast) compute dtype."""
+    xf = _dense(x)
+    n, c = xf.shape[0], xf.shape[1]
+    hw = xf.numel() // max(n * c, 1)
+    shape = (1, c) + (1,) * (x.dim() - 2)
+    mr = m * r
+    stats: list[Tensor] = []
+    if act in _HOMOGENEOUS:
+        wr, br = w * r, b * r - mr
+        if groups is None:
+            out = torch.addcmul(br.view(shape), xf, wr.view(shape))
+        else:
+            out, *stats = torch.ops.aten.native_group_norm(xf, wr, br, n, c, hw, groups, eps)
+        if act == "relu":
+            out.clamp_min_((-mr).view(shape))
+    else:
+        if groups is None:
+            u = torch.addcmul(b.view(shape), xf, w.view(shape))
+        else:
+            u, *stats = torch.ops.aten.native_group_norm(xf, w, b, n, c, hw, groups, eps)
+        out = torch.addcmul((-mr).view(shape), _ACTS[act][0](u), r.view(shape))
+    return out, stats
+
+
+class _ProxyNormActFunction(torch.autograd.Function):
+    """``out = (φ(γ y + β) − m) r`` with ``y = x`` (``groups=None``) or ``y = GN(x, groups)``, and
+    m, r the proxy statistics of (γ, β, γ~, β~)."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        x,
+        weight,
+        bias,
+        proxy_weight,
+        proxy_bias,
+        quantiles,
+        act: str,
+        proxy_eps: float,
+        scale: bool,
+        groups: int | None,
+        eps: float,
+    ):
+        cdt = upcast(x).dtype
+        w, b = weight.to(cdt), bias.to(cdt)
+        m, r = proxy_statistics(
+            weight, bias, proxy_weight, proxy_bias, quantiles, act, proxy_eps, scale, cdt
+        )
+        out, stats = _step(x, w, b, m, r, act, groups, eps)
+        out = out.to(x.dtype)
+        ctx.act, ctx.proxy_eps, ctx.scale, ctx.groups, ctx.eps = act, proxy_eps, scale, groups, eps
+        ctx.has_proxy = (proxy_weight is not None, proxy_bias is not None)
+        ctx.save_for_backward(
+            x, weight, bias, proxy_weight, proxy_bias, quantiles, m, r, out, *stats
+        )
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        act, groups, eps = ctx.act, ctx.groups, ctx.eps
+        x, weight, bias, proxy_weight, proxy_bias, quantiles, m, r, out, *stats = ctx.saved_tensors
+        need_x, need_w, need_b, need_pw, need_pb = ctx.needs_input_grad[:5]
+        xf, gf = _dense(x), _dense(g)
+        cdt = xf.dtype
+        n, c = xf.shape[0], xf.shape[1]
+        hw = xf.numel() // max(n * c, 1)
+        shape = (1, c) + (1,) * (x.dim() - 2)
+        w, b = weight.to(cdt), bias.to(cdt)
+
+        # --- main path. go = g φ'(u), the gradient at the affine output (r folded into γ).
+        # Input-sized temporaries are few and reused in place: on CPU each fresh one costs page
+        # faults comparable to the arithmetic.
+        if act == "relu":
+            # u > 0 exactly where out was not clamped at −mr, i.e. where out + mr > 0;
+            # threshold_backward is ReLU's own kernel (torch.where is ~10x slower on CPU).
+            if out.dtype == cdt:
+                shifted = out + (m * r).view(shape)
+            else:  # a low-precision output would blur the mask: recompute u r in float32
+                wr, br = w * r, b * r
+                if groups is None:
+                    shifted = torch.addcmul(br.view(shape), xf, wr.view(shape))
+                else:
+                    shifted = torch.ops.aten.native_group_norm(xf, wr, br, n, c, hw, groups, eps)[0]
+            go = torch.ops.aten.threshold_backward.grad_input(gf, shifted, 0.0, grad_input=shifted)
+        elif act in _HOMOGENEOUS:
+            go = gf
+        else:
+            if groups is None:
+                u = torch.addcmul(b.view(shape), xf, w.view(shape))
+            else:
+                u = torch.ops.aten.native_group_norm(xf, w, b, n, c, hw, groups, eps)[0]
+            go = _ACTS[act][1](gf, u)
+
+        wr = w * r
+        gx = None
+        if groups is None:
+            gx = go * wr.view(shape) if need_x else None
+            gb = _sum_but_channels(go)
+            prod = go.mul_(xf) if go is not gf else go * xf
+            gw = _sum_but_channels(prod)
+        else:
+            mu, rstd = stats
+            gx, gw, gb = torch.ops.aten.native_group_norm_backward(
+                go.contiguous(memory_format=_memory_format(xf)),  # g may come in any layout
+                xf,
+                mu,
+                rstd,
+                wr,
+                n,
+                c,
+                hw,
+                groups,
+                [need_x, True, True],
+            )
+        gsum = _sum_but_channels(gf)
+        grad_m = -r * gsum
+        if act in _HOMOGENEOUS:
+            grad_r = w * gw + b * gb - m * gsum
+        else:
+            grad_r = _sum_but_channels(gf * upcast(out)) / r
+        grad_w, grad_b = r * gw, r * gb
+
+        # --- proxy path: m and r through z~ = φ(u~), u~ = γ Y~ + β (C × n, recomputed).
+        ytil, util = _proxy_inputs(weight, bias, proxy_weight, proxy_bias, quantiles, cdt)
+        ztil = _ACTS[act][0](util.clone())
+        k = quantiles.numel()
+        grad_v = -0.5 * r.pow(3) * grad_r if ctx.scale else torch.zeros_like(r)
+        dz = torch.addcmul(
+            (grad_m / k).unsqueeze(1), ztil - m.unsqueeze(1), (2.0 / k * grad_v).unsqueeze(1)
+        )
+        du = _ACTS[act][1](dz, util)
+        du_sum = du.sum(1)
+        grad_w = grad_w + (du * ytil).sum(1)
+        grad_b = grad_b + du_sum
+        grad_pw = grad_pb = None
+        if need_pw and proxy_weight is not None:
+            grad_pw = (w * (du * quantiles.to(cdt).unsqueeze(0)).sum(1)).to(proxy_weight.dtype)
+        if need_pb and proxy_bias is not None:
+            grad_pb = (w * du_sum).to(proxy_bias.dtype)
+        if gx is not None:
+            gx = gx.to(x.dtype)
+        return (
+            gx,
+            grad_w.to(weight.dtype) if need_w else None,
+            grad_b.to(bias.dtype) if need_b else None,
+            grad_pw,
+            grad_pb,
+            *([None] * 6),
+        )
+
+
+def _memory_format(t: Tensor) -> torch.memory_format:
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def fused_proxy_norm_act(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    proxy_weight: Tensor | None,
+    proxy_bias: Tensor | None,
+    quantiles: Tensor,
+    act: str = "relu",
+    proxy_eps: float = 0.03,
+    scale: bool = True,
+    groups: int | None = None,
+    eps: float = 1e-5,
+    stats: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """PN activation step, Eq. (7), in one autograd node, optionally fused with the GroupNorm
+    step that produces ``y``. Same values and gradients as
+    :func:`proxynorm.layers.proxy_norm.proxy_norm_act` (after ``F.group_norm`` with ``groups``).
+
+    Args:
+        x: ``y`` itself (``groups=None``), or the GroupNorm input; (N, C) or (N, C, H, W).
+        weight, bias: γ, β, shape (C,).
+        proxy_weight, proxy_bias: γ~, β~ (C,), or ``None`` for zero.
+        quantiles: the standard-normal quantiles (n,).
+        act: a name in :data:`FUSED_ACTS`.
+        proxy_eps: PN's stability constant; ``scale=False`` only subtracts the proxy mean.
+        groups, eps: the GroupNorm to apply to ``x`` first (``groups=None``: none).
+        stats: precomputed ``(m, r)`` from :func:`proxy_statistics`, for inference only (no
+            gradient flows through them).
+
+    Returns:
+        A tensor of ``x``'s shape and dtype (statistics in at least float32).
+    """
+    if act not in FUSED_ACTS:
+        raise ValueError(f"no fused path for act {act!r}; fused activations: {sorted(FUSED_ACTS)}")
+    if stats is not None:
+        cdt = upcast(x).dtype
+        m, r = (s.to(cdt) for s in stats)
+        return _step(x, weight.to(cdt), bias.to(cdt), m, r, act, groups, eps)[0].to(x.dtype)
+    return _ProxyNormActFunction.apply(
+        x, weight, bias, proxy_weight, proxy_bias, quantiles, act, proxy_eps, scale, groups, eps
+    )

@@ -1,0 +1,209 @@
+"""The fused PN Function against the reference composition of PyTorch ops."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck
+
+from proxynorm.bench import saved_bytes, set_fused
+from proxynorm.layers import ProxyNormAct, norm_act
+from proxynorm.layers.fused_proxy_norm import FUSED_ACTS, fused_proxy_norm_act
+from proxynorm.layers.proxy_norm import proxy_norm_act, proxy_quantiles
+from proxynorm.models import create_model
+
+ACTS = ["relu", "silu", "gelu", "identity"]
+
+
+def _inputs(c=6, affine=True, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(scale, shift=0.0):
+        return (shift + scale * torch.randn(c, generator=g, dtype=dtype)).requires_grad_()
+
+    x = torch.randn(3, c, 4, 5, generator=g, dtype=dtype).requires_grad_()
+    proxy = (r(0.2), r(0.2)) if affine else (None, None)
+    return x, r(0.3, 1.0), r(0.3), *proxy
+
+
+def _reference(x, w, b, pw, pb, act, scale, groups, q):
+    y = x if groups is None else F.group_norm(x, groups, eps=1e-5)
+    return proxy_norm_act(y, w, b, pw, pb, act=act, eps=0.03, scale=scale, quantiles=q)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("scale", [True, False])
+@pytest.mark.parametrize("groups", [None, 1, 2, 6])
+def test_fused_matches_reference_float64(act, affine, scale, groups):
+    q = proxy_quantiles(32)
+    args = _inputs(affine=affine)
+    ref = _reference(*args, act, scale, groups, q)
+    out = fused_proxy_norm_act(*args, q, act, 0.03, scale, groups, 1e-5)
+    grad = torch.randn_like(ref)
+    inputs = [a for a in args if a is not None]
+    expected = torch.autograd.grad(ref, inputs, grad)
+    got = torch.autograd.grad(out, inputs, grad)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+    for e, o in zip(expected, got, strict=True):
+        torch.testing.assert_close(o, e, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("groups", [None, 2])
+@pytest.mark.parametrize("scale", [True, False])
+def test_gradcheck_fused_function(act, groups, scale):
+    q = proxy_quantiles(16)
+    x, w, b, pw, pb = _inputs(c=4, seed=1)
+    x = x.detach()[:2, :, :3, :3].requires_grad_()
+
+    def fn(x, w, b, pw, pb):
+        return fused_proxy_norm_act(x, w, b, pw, pb, q, act, 0.03, scale, groups, 1e-5)
+
+    assert gradcheck(fn, (x, w, b, pw, pb))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("spec", ["gn+pn", "ln+pn", "bn+pn"])
+def test_fused_layer_in_low_precision_matches_float32_reference(dtype, tol, spec):
+    """On the same (rounded) input, the fused layer in ``dtype`` is within ``dtype``'s precision of
+    the float32 reference (its statistics and ReLU mask are computed in float32)."""
+    torch.manual_seed(0)
+    act = "silu" if spec == "ln+pn" else "relu"
+    fused = norm_act(spec, 16, act=act)
+    with torch.no_grad():
+        for p in fused.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    ref = set_fused(norm_act(spec, 16, act=act), False)
+    ref.load_state_dict(fused.state_dict())
+    x = torch.randn(4, 16, 6, 6).to(dtype)
+    xs = [x.clone().requires_grad_(), x.float().requires_grad_()]
+    outs = [fused(xs[0]), ref(xs[1])]
+    assert outs[0].dtype == dtype
+    torch.testing.assert_close(outs[0].float(), outs[1], rtol=tol, atol=tol)
+    grad = torch.randn_like(outs[1])
+    outs[0].backward(grad.to(dtype))
+    outs[1].backward(grad)
+    torch.testing.assert_close(xs[0].grad.float(), xs[1].grad, rtol=tol, atol=tol)
+    for p, r in zip(fused.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, r.grad, rtol=tol, atol=tol * r.grad.abs().max())
+
+
+def test_channels_last_and_2d_inputs():
+    layer = norm_act("gn+pn", 8, groups=4)
+    ref = set_fused(norm_act("gn+pn", 8, groups=4), False)
+    x = torch.randn(2, 8, 5, 5)
+    out = layer(x.contiguous(memory_format=torch.channels_last))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref(x))
+    x2 = torch.randn(7, 8)
+    torch.testing.assert_close(layer(x2), ref(x2))
+
+
+def test_fused_is_the_default_and_falls_back_for_other_activations():
+    assert ProxyNormAct(4).uses_fused and "fused=True" in repr(ProxyNormAct(4))
+    assert not ProxyNormAct(4, act="leaky_relu").uses_fused
+    assert not ProxyNormAct(4, fused=False).uses_fused
+    assert {"relu", "silu", "gelu", "identity"} <= FUSED_ACTS
+    with pytest.raises(ValueError, match="no fused path"):
+        fused_proxy_norm_act(
+            torch.randn(2, 4), *torch.ones(2, 4), None, None, proxy_quantiles(8), "tanh"
+        )
+
+
+def test_hook_on_the_norm_step_still_sees_y():
+    layer = norm_act("gn+pn", 8, groups=2)
+    seen = []
+    layer.norm.register_forward_hook(lambda m, i, o: seen.append(o))
+    x = torch.randn(2, 8, 3, 3)
+    out = layer(x)
+    torch.testing.assert_close(seen[0], F.group_norm(x, 2))
+    torch.testing.assert_close(out, set_fused(layer, False)(x))
+
+
+def test_saved_memory_pn_step_and_layer():
+    """In a network (followed by a convolution, which saves its input), the fused PN step saves
+    its input y beyond what the convolution saves: one input-sized tensor, like affine + ReLU."""
+    x = torch.randn(16, 32, 8, 8).requires_grad_()
+    size = x.numel() * x.element_size()
+    small = 64 * 1024  # (C,)-sized parameters and statistics, quantiles, conv weight
+    conv = torch.nn.Conv2d(32, 32, 1)
+
+    def with_conv(layer):
+        return saved_bytes(lambda: conv(layer(x)))
+
+    base = saved_bytes(lambda: conv(x.detach().clone()))  # the conv's own saved input
+    affine_relu = with_conv(norm_act("gn", 32).act)
+    assert with_conv(ProxyNormAct(32)) <= base + size + small
+    assert with_conv(ProxyNormAct(32)) <= affine_relu + small
+    assert with_conv(ProxyNormAct(32, fused=False)) >= base + 2 * size
+    # GN+PN saves the norm's input, like GN+ReLU (whose in-place ReLU output the conv shares).
+    gn_relu = with_conv(norm_act("gn", 32, groups=8))
+    gn_pn = with_conv(norm_act("gn+pn", 32, groups=8))
+    gn_pn_ref = with_conv(set_fused(norm_act("gn+pn", 32, groups=8), False))
+    assert gn_relu <= base + size + small and gn_pn <= gn_relu + small
+    assert gn_pn_ref >= gn_pn + size
+
+
+def test_saved_memory_of_a_resnet20_with_fused_gn_pn_is_that_of_bn():
+    """The same input-sized tensors as BN; beyond them only per-group statistics (N x G, two
+    float32 per group) and (C,)-sized vectors and the quantiles per layer."""
+    batch = 8
+    x = torch.randn(batch, 3, 32, 32)
+    totals, layers = {}, 0
+    for spec in ("bn", "gn+pn", "gn+pn (reference)"):
+        model = create_model("resnet20", norm=spec.split()[0], width_mult=0.5)
+        set_fused(model, "reference" not in spec)
+        totals[spec] = saved_bytes(lambda m=model: m(x))
+        layers = len(model.norm_act_layers())
+    allowance = layers * (2 * 4 * batch * 8 + 16 * 1024)
+    assert totals["gn+pn"] <= totals["bn"] + allowance
+    assert totals["gn+pn (reference)"] >= 1.5 * totals["bn"]
+
+
+def test_eval_caches_the_proxy_statistics(monkeypatch):
+    import proxynorm.layers.proxy_norm as pn_module
+
+    calls = []
+    real = pn_module.proxy_statistics
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pn_module, "proxy_statistics", counting)
+    layer = norm_act("gn+pn", 8, groups=2).eval()
+    x = torch.randn(2, 8, 3, 3)
+    with torch.no_grad():
+        first = layer(x)
+        assert torch.equal(layer(x), first) and len(calls) == 1
+        layer.act.weight.mul_(1.5)  # an in-place update (as an optimizer makes)
+        changed = layer(x)
+        assert len(calls) == 2 and not torch.equal(changed, first)
+        layer.load_state_dict(layer.state_dict())
+        layer(x)
+        assert len(calls) == 3
+    ref = set_fused(norm_act("gn+pn", 8, groups=2), False).eval()
+    ref.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(changed, ref(x).detach())
+    layer.train()
+    assert layer.act._stats_cache is None
+    layer.eval()
+    out = layer(x)  # gradients enabled and parameters require grad: no cache, a graph instead
+    assert out.requires_grad and len(calls) == 3
+
+
+def test_torch_compile_has_no_graph_break_and_matches_eager():
+    torch._dynamo.reset()
+    model = create_model("resnet20", norm="gn+pn", width_mult=0.25)
+    x = torch.randn(4, 3, 16, 16)
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    out = compiled(x)
+    torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-5)
+    out.square().sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(x).square().sum().backward()
+    for g, p in zip(grads, model.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,44 @@
+import json
+
+import pytest
+
+from proxynorm.bench import bench_layers, bench_models, markdown, run_benchmarks
+from proxynorm.cli import main
+
+
+def test_layer_and_model_benchmarks_report_ratios_and_memory():
+    layers = bench_layers((2, 16, 4, 4), repeats=2, warmup=1)
+    assert layers["BN+ReLU"]["ratio"] == 1.0 and layers["act: affine+ReLU"]["ratio"] == 1.0
+    assert layers["GN+PN (reference)"]["saved_mib"] > layers["GN+PN (fused)"]["saved_mib"]
+    models = bench_models("resnet20", batch=2, size=16, repeats=1, warmup=0)
+    assert set(models) == {"bn", "gn", "gn+pn (reference)", "gn+pn (fused)"}
+    assert all(r["ms"] > 0 and r["runs"] == 1 for r in models.values())
+    text = markdown(
+        {
+            "environment": {"torch": "x", "threads": 1, "processor": "p"},
+            "tables": [{"kind": "model", "what": "w", "rows": models}],
+        }
+    )
+    assert "| gn+pn (fused) |" in text
+
+
+def test_run_benchmarks_rejects_unknown_models(tmp_path):
+    with pytest.raises(ValueError, match="unknown benchmark model"):
+        run_benchmarks(tmp_path, ["vgg"], repeats=1)
+    with pytest.raises(ValueError, match="compiled ones must be benchmarked"):
+        run_benchmarks(tmp_path, ["resnet20"], repeats=1, compiled=["resnet50"])
+
+
+def test_bench_command_writes_json_and_markdown(tmp_path, monkeypatch):
+    import proxynorm.bench as bench
+
+    calls = []
+    monkeypatch.setattr(bench, "bench_layers", lambda *a, **k: calls.append("l") or {})
+    monkeypatch.setattr(bench, "bench_models", lambda *a, **k: calls.append(k["compiled"]) or {})
+    assert (
+        main(["bench", "--models", "resnet20", "--compile", "resnet20", "--out", str(tmp_path)])
+        == 0
+    )
+    assert calls.count("l") == 2 and calls.count(True) == 2 and calls.count(False) == 2
+    assert json.loads((tmp_path / "bench.json").read_text())["tables"]
+    assert (tmp_path / "bench.md").read_text().startswith("# proxynorm bench")
