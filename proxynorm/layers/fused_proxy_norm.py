@@ -62,6 +62,12 @@ def _dense(x: Tensor) -> Tensor:
     return upcast(x).contiguous(memory_format=_memory_format(x))
 
 
+def _affine(xf: Tensor, w: Tensor, b: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """``w x + b`` per channel, in ``xf``'s memory format (a broadcast first operand would
+    otherwise decide the output layout)."""
+    return torch.addcmul(b.view(shape), xf, w.view(shape), out=torch.empty_like(xf))
+
+
 def _sum_but_channels(t: Tensor) -> Tensor:
     return t.sum(dim=[d for d in range(t.dim()) if d != 1])
 
@@ -105,17 +111,17 @@ def _step(x: Tensor, w, b, m, r, act: str, groups: int | None, eps: float):
     if act in _HOMOGENEOUS:
         wr, br = w * r, b * r - mr
         if groups is None:
-            out = torch.addcmul(br.view(shape), xf, wr.view(shape))
+            out = _affine(xf, wr, br, shape)
         else:
             out, *stats = torch.ops.aten.native_group_norm(xf, wr, br, n, c, hw, groups, eps)
         if act == "relu":
             out.clamp_min_((-mr).view(shape))
     else:
         if groups is None:
-            u = torch.addcmul(b.view(shape), xf, w.view(shape))
+            u = _affine(xf, w, b, shape)
         else:
             u, *stats = torch.ops.aten.native_group_norm(xf, w, b, n, c, hw, groups, eps)
-        out = torch.addcmul((-mr).view(shape), _ACTS[act][0](u), r.view(shape))
+        out = _affine(_ACTS[act][0](u), r, -mr, shape)
     return out, stats
 
 
@@ -157,7 +163,8 @@ class _ProxyNormActFunction(torch.autograd.Function):
         act, groups, eps = ctx.act, ctx.groups, ctx.eps
         x, weight, bias, proxy_weight, proxy_bias, quantiles, m, r, out, *stats = ctx.saved_tensors
         need_x, need_w, need_b, need_pw, need_pb = ctx.needs_input_grad[:5]
-        xf, gf = _dense(x), _dense(g)
+        xf = _dense(x)
+        gf = upcast(g)  # any layout: the kernels below take strides (an expanded g stays cheap)
         cdt = xf.dtype
         n, c = xf.shape[0], xf.shape[1]
         hw = xf.numel() // max(n * c, 1)
@@ -175,7 +182,7 @@ class _ProxyNormActFunction(torch.autograd.Function):
             else:  # a low-precision output would blur the mask: recompute u r in float32
                 wr, br = w * r, b * r
                 if groups is None:
-                    shifted = torch.addcmul(br.view(shape), xf, wr.view(shape))
+                    shifted = _affine(xf, wr, br, shape)
                 else:
                     shifted = torch.ops.aten.native_group_norm(xf, wr, br, n, c, hw, groups, eps)[0]
             go = torch.ops.aten.threshold_backward.grad_input(gf, shifted, 0.0, grad_input=shifted)
@@ -183,7 +190,7 @@ class _ProxyNormActFunction(torch.autograd.Function):
             go = gf
         else:
             if groups is None:
-                u = torch.addcmul(b.view(shape), xf, w.view(shape))
+                u = _affine(xf, w, b, shape)
             else:
                 u = torch.ops.aten.native_group_norm(xf, w, b, n, c, hw, groups, eps)[0]
             go = _ACTS[act][1](gf, u)

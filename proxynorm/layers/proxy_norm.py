@@ -270,6 +270,7 @@ class ProxyNormAct(nn.Module):
         return self._stats_cache[1]
 
     def _fused(self, x: Tensor, groups: int | None = None, eps: float = 1e-5) -> Tensor:
+        needs_graph = torch.is_grad_enabled() and x.requires_grad
         return fused_proxy_norm_act(
             x,
             self.weight,
@@ -282,7 +283,7 @@ class ProxyNormAct(nn.Module):
             self.scale,
             groups,
             eps,
-            stats=self._cached_stats(),
+            stats=None if needs_graph else self._cached_stats(),
         )
 
     def forward_group_norm(self, x: Tensor, groups: int, eps: float) -> Tensor:

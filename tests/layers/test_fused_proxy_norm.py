@@ -185,6 +185,12 @@ def test_eval_caches_the_proxy_statistics(monkeypatch):
     ref = set_fused(norm_act("gn+pn", 8, groups=2), False).eval()
     ref.load_state_dict(layer.state_dict())
     torch.testing.assert_close(changed, ref(x).detach())
+    # Input gradients through a frozen model in eval mode (saliency maps) still work.
+    frozen = layer.requires_grad_(False)
+    xg = x.clone().requires_grad_()
+    frozen(xg).sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+    layer.requires_grad_(True)
     layer.train()
     assert layer.act._stats_cache is None
     layer.eval()
