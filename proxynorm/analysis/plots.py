@@ -25,7 +25,12 @@ assert len(TERM_LABELS) == len(TERM_NAMES)
 
 
 def plot_power_panels(
-    panels: dict[str, Tensor], path: str | Path, note: str = "", low: float = 0.1, high: float = 0.9
+    panels: dict[str, Tensor],
+    path: str | Path,
+    note: str = "",
+    low: float = 0.1,
+    high: float = 0.9,
+    cols: int = 4,
 ) -> None:
     """One panel per title; each value is a (realizations, depth, 4) tensor of proportions.
 
@@ -33,7 +38,7 @@ def plot_power_panels(
     [low, high] quantiles over realizations of each cumulative boundary.
     """
     n = len(panels)
-    cols = min(n, 4)
+    cols = min(n, cols)
     rows = -(-n // cols)
     fig, axes = plt.subplots(
         rows, cols, figsize=(3.4 * cols, 2.9 * rows + 0.9), sharey=True, squeeze=False

@@ -1,0 +1,305 @@
+"""Build docs/RESULTS.md, its figures and results.json from the CIFAR-10 CPU experiment (issue 8).
+
+    python experiments/cifar10_report.py
+
+Reads experiments/results/cifar10_cpu/batch{128,8}/<norm>/seed<k>/{final.json,metrics.jsonl}
+(written by experiments/cifar10_cpu.sh) and works on partial results: runs that have not finished
+are listed as missing and every claim says on how many seeds it rests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from proxynorm.analysis.plots import plot_power_panels  # noqa: E402
+from proxynorm.analysis.power import TERM_NAMES  # noqa: E402
+from proxynorm.train.compare import run_dir, summarize  # noqa: E402
+from proxynorm.train.metrics import read_jsonl  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "experiments" / "results" / "cifar10_cpu"
+DOC = ROOT / "docs" / "RESULTS.md"
+FIGS = ROOT / "docs" / "results" / "cifar10_cpu"
+STUDIES = {
+    "batch128": (["bn", "gn", "gn+pn", "ln", "ln+pn"], [0, 1, 2]),
+    "batch8": (["bn", "gn+pn"], [0, 1]),
+}
+PAPER = {"bn": 91.6, "gn": 90.8, "gn+pn": 91.4}  # Table 15, RN20, 160 epochs, 10 runs
+COLLAPSE = 0.10  # channel-mean share of the power (term 1), averaged over layers
+
+
+def _curves(study: str, norm: str, seeds: list[int], key: str) -> list[list[float]]:
+    runs = [read_jsonl(run_dir(RESULTS / study, norm, s) / "metrics.jsonl") for s in seeds]
+    return [[r[key] for r in run] for run in runs if run and (len(run) == run[-1]["epoch"])]
+
+
+def _finished(study: str, norm: str, seeds: list[int]) -> list[int]:
+    return [s for s in seeds if (run_dir(RESULTS / study, norm, s) / "final.json").exists()]
+
+
+def plot_accuracy(path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, (study, (norms, seeds)) in zip(axes, STUDIES.items(), strict=True):
+        for norm in norms:
+            done = _finished(study, norm, seeds)
+            for key, style in (("test_acc", "-"), ("train_acc", ":")):
+                curves = _curves(study, norm, done, key)
+                if not curves:
+                    continue
+                t = torch.tensor(curves)
+                epochs = range(1, t.shape[1] + 1)
+                label = f"{norm} (n={len(curves)})" if key == "test_acc" else None
+                color = f"C{STUDIES['batch128'][0].index(norm)}"  # one color per norm
+                ax.plot(epochs, t.mean(0), style, color=color, label=label)
+                if key == "test_acc" and len(curves) > 1:
+                    ax.fill_between(
+                        epochs, t.min(0).values, t.max(0).values, color=color, alpha=0.2
+                    )
+        ax.set_title(f"resnet20, {study.replace('batch', 'batch ')}: test (solid), train (dotted)")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    axes[0].set_ylabel("accuracy (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def power_at(study: str, norm: str, seeds: list[int], epoch: int) -> torch.Tensor | None:
+    """(seeds, layers, 4) power proportions of the probe batch after ``epoch``."""
+    rows = []
+    for s in seeds:
+        records = read_jsonl(run_dir(RESULTS / study, norm, s) / "metrics.jsonl")
+        if len(records) >= epoch and "power" in records[epoch - 1]:
+            rows.append([[layer[t] for t in TERM_NAMES] for layer in records[epoch - 1]["power"]])
+    return torch.tensor(rows) if rows else None
+
+
+def main() -> None:
+    FIGS.mkdir(parents=True, exist_ok=True)
+    summaries, missing = {}, []
+    for study, (norms, seeds) in STUDIES.items():
+        summaries[study] = summarize(RESULTS / study, norms, seeds)
+        for norm in norms:
+            missing += [
+                f"{study}/{norm}/seed{s}" for s in seeds if s not in _finished(study, norm, seeds)
+            ]
+    plot_accuracy(FIGS / "accuracy.png")
+
+    # Power plots: start, middle and end of training, every norm at batch 128.
+    norms, seeds = STUDIES["batch128"]
+    epochs = summaries["batch128"]["norms"].get("bn", {}).get("epochs", 20)
+    marks = (1, epochs // 2, epochs)
+    panels, collapse = {}, {}
+    for norm in norms:
+        done = _finished("batch128", norm, seeds)
+        for e in marks:
+            props = power_at("batch128", norm, done, e)
+            if props is not None:
+                panels[f"{norm.upper()}, epoch {e}"] = props
+                collapse.setdefault(norm, {})[e] = props[..., 0].mean().item()
+    if panels:
+        plot_power_panels(
+            panels,
+            FIGS / "power.png",
+            "resnet20 on CIFAR-10 (JPEG), batch 128: power of y^l on 128 fixed test images "
+            "(eval mode), mean over the finished seeds",
+            cols=len(marks),
+        )
+
+    def acc(study, norm, key="test_acc"):
+        row = summaries[study]["norms"].get(norm)
+        return (row[key]["mean"], row[key]["std"], row[key]["n"]) if row else None
+
+    def cell(study, norm):
+        t, tr = acc(study, norm), acc(study, norm, "train_acc")
+        if not t:
+            return "—"
+        return f"{t[0]:.2f} ± {t[1]:.2f} / {tr[0]:.2f} ± {tr[1]:.2f} (n={t[2]})"
+
+    def wall(study, norm):
+        row = summaries[study]["norms"].get(norm)
+        return f"{row['wall_seconds']['mean']:.0f}" if row else "—"
+
+    claims = []
+
+    def claim(text, a, b, holds, detail):
+        claims.append({"claim": text, "holds": holds, "detail": detail, "values": [a, b]})
+
+    def diff_claim(text, study_a, a, study_b, b, margin=None):
+        x, y = acc(study_a, a), acc(study_b, b)
+        if not (x and y):
+            claims.append({"claim": text, "holds": None, "detail": "runs missing", "values": []})
+            return
+        d = x[0] - y[0]
+        holds = abs(d) <= margin if margin is not None else d > 0
+        claim(
+            text,
+            x[0],
+            y[0],
+            holds,
+            f"{a.upper()} {x[0]:.2f} (n={x[2]}) vs {b.upper()} {y[0]:.2f} (n={y[2]}): {d:+.2f} pp",
+        )
+
+    diff_claim("GN+PN > GN (batch 128)", "batch128", "gn+pn", "batch128", "gn")
+    diff_claim("GN+PN within 0.3 pp of BN (batch 128)", "batch128", "gn+pn", "batch128", "bn", 0.3)
+    diff_claim("LN+PN > LN (batch 128)", "batch128", "ln+pn", "batch128", "ln")
+    diff_claim("GN+PN > BN at batch 8", "batch8", "gn+pn", "batch8", "bn")
+    if "ln" in collapse and "ln+pn" in collapse:
+        ln, lnpn = collapse["ln"][marks[-1]], collapse["ln+pn"][marks[-1]]
+        claim(
+            "LN's power collapses, LN+PN's does not",
+            ln,
+            lnpn,
+            ln > COLLAPSE >= lnpn,
+            f"channel-mean share (term 1) averaged over layers at epoch {marks[-1]}: "
+            f"LN {ln:.3f}, LN+PN {lnpn:.3f} (collapse: > {COLLAPSE})",
+        )
+    else:
+        claims.append(
+            {
+                "claim": "LN's power collapses, LN+PN's does not",
+                "holds": None,
+                "detail": "runs missing",
+                "values": [],
+            }
+        )
+
+    (FIGS / "results.json").write_text(
+        json.dumps(
+            {"summaries": summaries, "claims": claims, "collapse": collapse, "missing": missing},
+            indent=1,
+        )
+    )
+    DOC.write_text(render(summaries, claims, collapse, marks, missing, cell, wall))
+    print(f"wrote {DOC} and {FIGS}/ ({len(missing)} runs missing)")
+
+
+def render(summaries, claims, collapse, marks, missing, cell, wall) -> str:
+    norms128, _ = STUDIES["batch128"]
+    lines = [
+        "# Results: CIFAR-10 (JPEG) on 2 CPU cores",
+        "",
+        "Generated by `python experiments/cifar10_report.py` from the runs of "
+        "`experiments/cifar10_cpu.sh` (raw per-run JSON in `experiments/results/cifar10_cpu/`, "
+        "figures and `results.json` in `docs/results/cifar10_cpu/`).",
+        "",
+        "## Protocol, and why",
+        "",
+        "The paper trains resnet20 for 160 epochs on the 50k CIFAR-10 images, 10 runs per norm "
+        "(Table 15). One such run costs about 2.5 h here (`../shared/CALIBRATION.md` rate, "
+        "~600 img/s for BN), so the protocol is cut to what 2 cores can do for 5 norms × 3 seeds "
+        "plus a small-batch study in a few hours:",
+        "",
+        "- resnet20 (full width), the paper's CIFAR recipe (SGD, momentum 0.9, lr 0.1 at batch "
+        "128, weight decay 1e-4, pad-4 crop + flip) **scaled to 20 epochs** (warm-up 0.625 "
+        "epochs, lr ÷10 at epochs 10 and 15);",
+        "- a **class-balanced 10k-image training subset** of `cifar10-jpeg.zip` (the same subset "
+        "for every run; seeds vary initialization and order), evaluated on the **full 10k test "
+        "set**; JPEG-decoded images, not the original PNG-quality arrays;",
+        "- GN and GN+PN with 8 groups (the default 32 would make GN an instance norm on the "
+        "16-channel stage), LN = GroupNorm with one group; channels_last;",
+        "- batch 128 (BN over 128 inputs), 3 seeds per norm; batch 8 (BN over 8 inputs, lr "
+        "scaled linearly to 0.1 × 8/128), 2 seeds for BN and GN+PN;",
+        "- a fixed probe batch of 128 test images is power-decomposed at every norm-act step after "
+        "every epoch (eval mode).",
+        "",
+        "## Accuracy",
+        "",
+        "Final-epoch accuracy (%), test / train, mean ± std over seeds (sample std); wall time "
+        "per run in seconds (the machine was shared with other work, so wall times are upper "
+        "bounds).",
+        "",
+        "| norm | batch 128: test / train | s/run | batch 8: test / train | s/run "
+        "| paper RN20 (160 ep.) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for norm in norms128:
+        lines.append(
+            f"| {norm.upper()} | {cell('batch128', norm)} | {wall('batch128', norm)} | "
+            f"{cell('batch8', norm) if norm in STUDIES['batch8'][0] else ''} | "
+            f"{wall('batch8', norm) if norm in STUDIES['batch8'][0] else ''} | "
+            f"{PAPER.get(norm, '')} |"
+        )
+    lines += [
+        "",
+        "![accuracy](results/cifar10_cpu/accuracy.png)",
+        "",
+        "## The paper's claims, checked",
+        "",
+        "| claim | holds? | measured |",
+        "|---|---|---|",
+    ]
+    for c in claims:
+        verdict = {True: "yes", False: "**no**", None: "not yet measured"}[c["holds"]]
+        lines.append(f"| {c['claim']} | {verdict} | {c['detail']} |")
+    lines += ["", "## Comparison with the paper", ""]
+    means = {
+        n: summaries["batch128"]["norms"][n]["test_acc"]["mean"]
+        for n in norms128
+        if n in summaries["batch128"]["norms"]
+    }
+    order = " > ".join(n.upper() for n in sorted(means, key=means.get, reverse=True))
+    lines.append(
+        f"Ordering of mean test accuracy at batch 128 (finished runs): {order}; the paper's "
+        "Table 15 ordering for RN20 is BN (91.6) > GN+PN (91.4) > GN (90.8)."
+    )
+    if {"bn", "gn", "gn+pn"} <= set(means):
+        lines.append(
+            f"Gaps to BN: GN {means['gn'] - means['bn']:+.2f} pp here vs −0.8 in the paper; "
+            f"GN+PN {means['gn+pn'] - means['bn']:+.2f} pp here vs −0.2. PN closes "
+            f"{100 * (means['gn+pn'] - means['gn']) / (means['bn'] - means['gn']):.0f}% of "
+            "GN's gap to BN here (the paper: 75%)."
+            if means["bn"] != means["gn"]
+            else ""
+        )
+    best = max(means.values()) if means else float("nan")
+    lines += [
+        "",
+        f"Absolute accuracies are far below the paper's (best here {best:.1f}% against 91.6%) "
+        "because each run sees "
+        "1/5 of the training images for 1/8 of the epochs (1/40 of the paper's optimization "
+        "steps) on JPEG-compressed images. The short schedule magnifies differences in how fast "
+        "the norms train: GN and LN lag far behind BN early on (the accuracy curves), which is "
+        "the paper's point about GN/LN's channel-wise collapse and lack of expressivity; over "
+        "160 epochs the paper's gaps are a few tenths of a point. Train accuracy is the running "
+        "accuracy over the last epoch's augmented batches in training mode.",
+        "",
+    ]
+    lines += [
+        "## Power plots through training (Fig. 2, bottom row)",
+        "",
+        "Proportions of the power of y^l at every norm-act step, after epochs "
+        f"{', '.join(map(str, marks))}. Term (1), the channel-mean share, averaged over layers:",
+        "",
+        "| norm | " + " | ".join(f"epoch {e}" for e in marks) + " |",
+        "|---|" + "---|" * len(marks),
+    ]
+    for norm, by_epoch in collapse.items():
+        lines.append(
+            f"| {norm.upper()} | "
+            + " | ".join(f"{by_epoch[e]:.3f}" if e in by_epoch else "—" for e in marks)
+            + " |"
+        )
+    lines += ["", "![power](results/cifar10_cpu/power.png)", ""]
+    if missing:
+        lines += [
+            "## Runs not finished yet",
+            "",
+            "The experiment is resumable (`bash experiments/cifar10_cpu.sh`); these runs "
+            "are not in the tables above: " + ", ".join(missing) + ".",
+            "",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
