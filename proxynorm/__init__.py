@@ -4,7 +4,19 @@ Batch-independent normalization that matches BatchNorm: GN/LN followed by a prox
 activation step. See :func:`proxynorm.layers.norm_act` and :class:`proxynorm.layers.ProxyNormAct`.
 """
 
+from proxynorm.conversion import ConversionReport, convert
+from proxynorm.folding import FoldReport, fold
 from proxynorm.layers import NormSpec, ProxyNormAct, norm_act, parse_spec
 
 __version__ = "0.1.0"
-__all__ = ["NormSpec", "ProxyNormAct", "__version__", "norm_act", "parse_spec"]
+__all__ = [
+    "ConversionReport",
+    "FoldReport",
+    "NormSpec",
+    "ProxyNormAct",
+    "__version__",
+    "convert",
+    "fold",
+    "norm_act",
+    "parse_spec",
+]

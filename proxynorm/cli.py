@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from proxynorm import __version__
 
@@ -235,6 +236,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from proxynorm.export import export_model
+    from proxynorm.models import load_model
+
+    model = load_model(args.checkpoint)
+    size = args.image_size
+    example = torch.randn(1, 3, size, size)
+    suffix = ".onnx" if args.format == "onnx" else ".torchscript.pt"
+    out = args.out or str(Path(args.checkpoint).with_suffix(suffix))
+    path = export_model(model, out, example, args.format, fold_pn=not args.no_fold)
+    print(f"wrote {path} ({args.format}, input 1x3x{size}x{size}, batch dimension dynamic)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="proxynorm",
@@ -286,6 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch default)")
     p.add_argument("--out", default="runs/bench", help="output directory (JSON + Markdown)")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("export", help="fold PN and export a checkpoint to ONNX or TorchScript")
+    p.add_argument("--checkpoint", required=True, help="a proxynorm checkpoint (.pt)")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--out", help="output file (default: the checkpoint with .onnx / .pt)")
+    p.add_argument("--image-size", type=int, default=32, help="input height and width")
+    p.add_argument("--no-fold", action="store_true", help="export without folding PN")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("train", help="train one model with one norm")
     p.add_argument("--out", required=True, help="run directory (config, metrics, checkpoint)")

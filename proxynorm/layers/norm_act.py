@@ -180,7 +180,13 @@ class NormAct(nn.Module):
             return self.act(self.norm(x))
         if isinstance(self.act, AffineAct):
             return self.act.activate_(self.norm.forward_affine(x, self.act.weight, self.act.bias))
+        if hasattr(self.act, "finish"):  # FoldedProxyAct: the norm's kernel does the affine
+            return self.act.finish(self.norm.forward_affine(x, self.act.weight, self.act.bias))
         groups = self.norm.fused_groups()
-        if groups is not None and self.act.uses_fused and not self.act._forward_hooks:
+        if (
+            groups is not None
+            and getattr(self.act, "uses_fused", False)
+            and not self.act._forward_hooks
+        ):
             return self.act.forward_group_norm(x, groups, self.norm.eps)
         return self.act(self.norm(x))
