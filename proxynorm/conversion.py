@@ -165,13 +165,16 @@ def convert(
                 _set_module(gm, node.target, new)
                 report.with_act.append(node.target)
                 continue
-            users = list(node.users)
+            # Look through no-op modules (timm's drop_block / drop_path at rate 0 are Identity).
+            last, users = node, list(node.users)
+            while len(users) == 1 and _is_identity(users[0], modules):
+                last, users = users[0], list(users[0].users)
             found = _activation(users[0], modules) if len(users) == 1 else None
-            if found is not None and users[0].args[0] is node:
+            if found is not None and users[0].args[0] is last:
                 new = build(m.num_features, act or found, m)
                 _carry_affine(new, m.weight, m.bias)
                 _set_module(gm, node.target, new)
-                users[0].replace_all_uses_with(node)
+                users[0].replace_all_uses_with(last)
                 gm.graph.erase_node(users[0])
                 report.with_act.append(node.target)
             else:
@@ -194,6 +197,10 @@ def convert(
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm, report
+
+
+def _is_identity(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    return node.op == "call_module" and isinstance(modules[node.target], nn.Identity)
 
 
 def _activation_of_module(m: nn.Module) -> str | nn.Module:
