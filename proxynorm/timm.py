@@ -26,14 +26,6 @@ from torch import nn
 from proxynorm.layers import GroupNormAct, LayerNormAct
 
 
-def _act(act_layer: Any, act_kwargs: dict | None) -> Any:
-    if act_layer is None:
-        return None
-    if act_kwargs and isinstance(act_layer, type):
-        return act_layer(**act_kwargs)
-    return act_layer
-
-
 def GroupNormProxyAct(  # noqa: N802 (timm's layer-factory naming)
     num_channels: int,
     num_groups: int = 8,
@@ -45,30 +37,27 @@ def GroupNormProxyAct(  # noqa: N802 (timm's layer-factory naming)
     act_kwargs: dict | None = None,
     inplace: bool = True,
     drop_layer: Any = None,
-    device: Any = None,
-    dtype: Any = None,
-    **proxy_kwargs: Any,
+    **kwargs: Any,
 ) -> GroupNormAct:
     """GN(``num_groups``)+PN with timm's ``GroupNormAct`` arguments.
 
     ``apply_act=False`` (or ``act_layer=None``) gives exactly GroupNorm with affine, as timm's
     projection norms expect. ``inplace`` is accepted and ignored; ``affine=False`` and
-    ``drop_layer`` are not supported (PN carries γ, β). Extra keyword arguments go to
-    :class:`~proxynorm.layers.GroupNormAct` (``proxy_eps``, ``n_samples``...).
+    ``drop_layer`` are not supported (PN carries γ, β). Other keyword arguments go to
+    :class:`~proxynorm.layers.GroupNormAct` (``proxy_eps``, ``n_samples``, ``device``...).
     """
-    _check(affine, drop_layer)
-    act = _act(act_layer, act_kwargs)
-    return GroupNormAct(
+    groups = {"groups": None if group_size else num_groups, "group_size": group_size}
+    return _build(
+        GroupNormAct,
         num_channels,
-        groups=None if group_size else num_groups,
-        group_size=group_size,
-        act=act if act is not None else "relu",
-        eps=eps,
-        proxy=True,
-        apply_act=apply_act and act is not None,
-        device=device,
-        dtype=dtype,
-        **proxy_kwargs,
+        eps,
+        affine,
+        apply_act,
+        act_layer,
+        act_kwargs,
+        drop_layer,
+        **groups,
+        **kwargs,
     )
 
 
@@ -81,27 +70,33 @@ def LayerNormProxyAct(  # noqa: N802
     act_kwargs: dict | None = None,
     inplace: bool = True,
     drop_layer: Any = None,
-    device: Any = None,
-    dtype: Any = None,
-    **proxy_kwargs: Any,
+    **kwargs: Any,
 ) -> LayerNormAct:
     """LN+PN (GroupNorm with one group over C, H, W) with timm's norm-act arguments."""
-    _check(affine, drop_layer)
-    act = _act(act_layer, act_kwargs)
-    return LayerNormAct(
+    return _build(
+        LayerNormAct,
+        num_channels,
+        eps,
+        affine,
+        apply_act,
+        act_layer,
+        act_kwargs,
+        drop_layer,
+        **kwargs,
+    )
+
+
+def _build(cls, num_channels, eps, affine, apply_act, act_layer, act_kwargs, drop_layer, **kw):
+    if not affine:
+        raise ValueError("affine=False is not supported: PN's activation step carries gamma, beta")
+    if drop_layer is not None:
+        raise ValueError("drop_layer is not supported by the proxy-normalized layers")
+    act = act_layer(**act_kwargs) if act_kwargs and isinstance(act_layer, type) else act_layer
+    return cls(
         num_channels,
         act=act if act is not None else "relu",
         eps=eps,
         proxy=True,
         apply_act=apply_act and act is not None,
-        device=device,
-        dtype=dtype,
-        **proxy_kwargs,
+        **kw,
     )
-
-
-def _check(affine: bool, drop_layer: Any) -> None:
-    if not affine:
-        raise ValueError("affine=False is not supported: PN's activation step carries gamma, beta")
-    if drop_layer is not None:
-        raise ValueError("drop_layer is not supported by the proxy-normalized layers")

@@ -40,17 +40,7 @@ class FoldedProxyAct(nn.Module):
     def from_proxy(cls, pn: ProxyNormAct) -> FoldedProxyAct:
         dtype = torch.promote_types(pn.weight.dtype, torch.float32)
         if pn.act_name in FUSED_ACTS:
-            m, r = proxy_statistics(
-                pn.weight,
-                pn.bias,
-                pn.proxy_weight,
-                pn.proxy_bias,
-                pn.quantiles,
-                pn.act_name,
-                pn.eps,
-                pn.scale,
-                dtype,
-            )
+            m, r = proxy_statistics(*pn.pn_args(), dtype)
         else:
             m, v = proxy_moments(
                 pn.weight, pn.bias, pn.proxy_weight, pn.proxy_bias, pn.act_fn, pn.quantiles

@@ -243,6 +243,20 @@ class ProxyNormAct(nn.Module):
         self._stats_cache = None
         return super().train(mode)
 
+    def pn_args(self) -> tuple:
+        """``(γ, β, γ~, β~, quantiles, act name, eps, scale)``: the arguments of
+        :func:`~proxynorm.layers.fused_proxy_norm.fused_proxy_norm_act` and ``proxy_statistics``."""
+        return (
+            self.weight,
+            self.bias,
+            self.proxy_weight,
+            self.proxy_bias,
+            self.quantiles,
+            self.act_name,
+            self.eps,
+            self.scale,
+        )
+
     def _cached_stats(self) -> tuple[Tensor, Tensor] | None:
         """``(m, r)`` for inference (eval mode, no gradient needed, not compiling), computed once
         and reused while the parameters are unchanged; ``None`` otherwise."""
@@ -255,17 +269,8 @@ class ProxyNormAct(nn.Module):
         key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
         if self._stats_cache is None or self._stats_cache[0] != key:
             with torch.no_grad():
-                stats = proxy_statistics(
-                    self.weight,
-                    self.bias,
-                    self.proxy_weight,
-                    self.proxy_bias,
-                    self.quantiles,
-                    self.act_name,
-                    self.eps,
-                    self.scale,
-                    torch.promote_types(self.weight.dtype, torch.float32),
-                )
+                dtype = torch.promote_types(self.weight.dtype, torch.float32)
+                stats = proxy_statistics(*self.pn_args(), dtype)
             self._stats_cache = (key, stats)
         return self._stats_cache[1]
 
@@ -273,14 +278,7 @@ class ProxyNormAct(nn.Module):
         needs_graph = torch.is_grad_enabled() and x.requires_grad
         return fused_proxy_norm_act(
             x,
-            self.weight,
-            self.bias,
-            self.proxy_weight,
-            self.proxy_bias,
-            self.quantiles,
-            self.act_name,
-            self.eps,
-            self.scale,
+            *self.pn_args(),
             groups,
             eps,
             stats=None if needs_graph else self._cached_stats(),
