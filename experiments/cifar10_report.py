@@ -123,6 +123,8 @@ def main() -> None:
         t, tr = acc(study, norm), acc(study, norm, "train_acc")
         if not t:
             return "—"
+        if t[2] == 1:  # no spread from a single seed
+            return f"{t[0]:.2f} / {tr[0]:.2f} (n=1)"
         return f"{t[0]:.2f} ± {t[1]:.2f} / {tr[0]:.2f} ± {tr[1]:.2f} (n={t[2]})"
 
     def wall(study, norm):
