@@ -152,7 +152,6 @@ class _ProxyNormActFunction(torch.autograd.Function):
         out, stats = _step(x, w, b, m, r, act, groups, eps)
         out = out.to(x.dtype)
         ctx.act, ctx.proxy_eps, ctx.scale, ctx.groups, ctx.eps = act, proxy_eps, scale, groups, eps
-        ctx.has_proxy = (proxy_weight is not None, proxy_bias is not None)
         ctx.save_for_backward(
             x, weight, bias, proxy_weight, proxy_bias, quantiles, m, r, out, *stats
         )
@@ -293,10 +292,12 @@ def fused_proxy_norm_act(
     """
     if act not in FUSED_ACTS:
         raise ValueError(f"no fused path for act {act!r}; fused activations: {sorted(FUSED_ACTS)}")
-    if stats is not None:
-        cdt = upcast(x).dtype
-        m, r = (s.to(cdt) for s in stats)
-        return _step(x, weight.to(cdt), bias.to(cdt), m, r, act, groups, eps)[0].to(x.dtype)
-    return _ProxyNormActFunction.apply(
-        x, weight, bias, proxy_weight, proxy_bias, quantiles, act, proxy_eps, scale, groups, eps
-    )
+    # Statistics stay in float32 even under autocast (which would recast the native GN kernels).
+    with torch.autocast(x.device.type, enabled=False):
+        if stats is not None:
+            cdt = upcast(x).dtype
+            m, r = (s.to(cdt) for s in stats)
+            return _step(x, weight.to(cdt), bias.to(cdt), m, r, act, groups, eps)[0].to(x.dtype)
+        return _ProxyNormActFunction.apply(
+            x, weight, bias, proxy_weight, proxy_bias, quantiles, act, proxy_eps, scale, groups, eps
+        )

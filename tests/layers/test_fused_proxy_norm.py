@@ -213,3 +213,13 @@ def test_torch_compile_has_no_graph_break_and_matches_eager():
     model(x).square().sum().backward()
     for g, p in zip(grads, model.parameters(), strict=True):
         torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_autocast_keeps_statistics_in_float32():
+    layer = norm_act("gn+pn", 8, groups=2)
+    ref = set_fused(norm_act("gn+pn", 8, groups=2), False)
+    x = torch.randn(2, 8, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x.bfloat16())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref(x.bfloat16().float()), rtol=2e-2, atol=2e-2)
