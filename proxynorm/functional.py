@@ -1,5 +1,16 @@
-"""Functional forms of proxynorm's layers (``torch.nn.functional`` style)."""
+"""Functional forms of proxynorm's layers (``torch.nn.functional`` style).
 
+``proxy_norm_act`` is the reference composition of PyTorch ops; ``fused_proxy_norm_act`` is the
+one-node autograd.Function (optionally with the GroupNorm step) that ``ProxyNormAct`` runs.
+"""
+
+from proxynorm.layers.fused_proxy_norm import fused_proxy_norm_act, proxy_statistics
 from proxynorm.layers.proxy_norm import proxy_moments, proxy_norm_act, proxy_quantiles
 
-__all__ = ["proxy_moments", "proxy_norm_act", "proxy_quantiles"]
+__all__ = [
+    "fused_proxy_norm_act",
+    "proxy_moments",
+    "proxy_norm_act",
+    "proxy_quantiles",
+    "proxy_statistics",
+]
