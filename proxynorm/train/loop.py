@@ -272,7 +272,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
     optimizer = build_optimizer(model, cfg)
     scaler = _grad_scaler(device, enabled=dtype == torch.float16)
     ema = ModelEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    start_epoch, elapsed = 0, 0.0
+    start_epoch, elapsed, rng_restored = 0, 0.0, False
 
     if ckpt is not None:
         _check_resumable(ckpt["train_config"], cfg, d.world_size)
@@ -282,19 +282,18 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
         if ema is not None:
             ema.module.load_state_dict(ckpt["ema"])
         rng = ckpt.get("rank_rng") or [ckpt["rng"]]
-        if len(rng) == d.world_size:
-            torch.set_rng_state(rng[d.rank])
-        elif d.main:
-            torch.set_rng_state(rng[0])
+        if len(rng) == d.world_size or d.main:
+            torch.set_rng_state(rng[d.rank if len(rng) == d.world_size else 0])
+            rng_restored = True
         start_epoch, elapsed = ckpt["epoch"], ckpt["elapsed"]
         log(f"resuming {out} after epoch {start_epoch}")
         if d.main:
             truncate_jsonl(metrics_path, start_epoch)
     elif d.main:
         metrics_path.unlink(missing_ok=True)
-    if ckpt is None and d.rank > 0:
+    if d.rank > 0 and not rng_restored:
         # Rank 0 keeps the single-process random stream; other ranks draw their own dropout.
-        torch.manual_seed(cfg.seed + 1_000_003 * d.rank)
+        torch.manual_seed(cfg.seed + 1_000_003 * d.rank + start_epoch)
     if d.main:
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     trainer = _wrap(model, d, device)
