@@ -66,17 +66,22 @@ class _Tracer(fx.Tracer):
         )
 
 
+def _module_activation(m: nn.Module) -> str | nn.Module | None:
+    """A factory name for a known activation module, the module itself for other activations,
+    else ``None``."""
+    if type(m) in _ACT_MODULES:
+        return _ACT_MODULES[type(m)]
+    if isinstance(m, nn.GELU) and m.approximate == "none":
+        return "gelu"
+    if isinstance(m, nn.ReLU6 | nn.Hardswish | nn.Mish | nn.LeakyReLU | nn.ELU | nn.GELU):
+        return m
+    return None
+
+
 def _activation(node: fx.Node, modules: dict[str, nn.Module]) -> str | nn.Module | None:
     """The activation ``node`` applies (a factory name, or the module itself), else ``None``."""
     if node.op == "call_module":
-        m = modules[node.target]
-        if type(m) in _ACT_MODULES:
-            return _ACT_MODULES[type(m)]
-        if isinstance(m, nn.GELU) and m.approximate == "none":
-            return "gelu"
-        if isinstance(m, nn.ReLU6 | nn.Hardswish | nn.Mish | nn.LeakyReLU | nn.ELU | nn.GELU):
-            return m
-        return None
+        return _module_activation(modules[node.target])
     if node.op == "call_function" and node.target in _ACT_FUNCTIONS:
         if node.target is F.gelu and node.kwargs.get("approximate", "none") != "none":
             return None
@@ -134,35 +139,33 @@ def convert(
     modules = dict(gm.named_modules())
     report = ConversionReport()
 
-    def build(channels: int, activation, like: nn.Module) -> nn.Module:
-        param = next(like.parameters(), None)
-        param = param if param is not None else next(like.buffers())
+    def replace(target: str, bn: nn.Module, activation) -> None:
+        """Put the spec's layer (with ``activation``, or the plain norm for ``None``) in place of
+        the BN module at ``target``, carrying its γ, β, device, dtype and mode."""
+        param = next(bn.parameters(), None)
+        param = param if param is not None else next(bn.buffers())
         layer = norm_act(
             spec,
-            channels,
+            bn.num_features,
             activation if activation is not None else "relu",
             apply_act=activation is not None,
             **kw,
         )
-        return layer.to(device=param.device, dtype=param.dtype).train(like.training)
+        layer = layer.to(device=param.device, dtype=param.dtype).train(bn.training)
+        _carry_affine(layer, bn.weight, bn.bias)
+        _set_module(gm, target, layer)
 
     for node in list(gm.graph.nodes):
         if node.op != "call_module":
             continue
         m = modules[node.target]
         if isinstance(m, BatchNormAct2d):  # this package's own BN norm-act layers
-            found = m.act.act_fn if m.apply_act else None
-            new = build(m.num_features, act or found if m.apply_act else None, m)
-            _carry_affine(new, m.weight, m.bias)
-            _set_module(gm, node.target, new)
+            replace(node.target, m, (act or m.act.act_fn) if m.apply_act else None)
             (report.with_act if m.apply_act else report.without_act).append(node.target)
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             inner = getattr(m, "act", None)  # timm's BatchNormAct2d: BN + act in one module
             if isinstance(inner, nn.Module) and not isinstance(inner, nn.Identity):
-                found = _activation_of_module(inner)
-                new = build(m.num_features, act or found, m)
-                _carry_affine(new, m.weight, m.bias)
-                _set_module(gm, node.target, new)
+                replace(node.target, m, act or _module_activation(inner) or inner)
                 report.with_act.append(node.target)
                 continue
             # Look through no-op modules (timm's drop_block / drop_path at rate 0 are Identity).
@@ -171,16 +174,12 @@ def convert(
                 last, users = users[0], list(users[0].users)
             found = _activation(users[0], modules) if len(users) == 1 else None
             if found is not None and users[0].args[0] is last:
-                new = build(m.num_features, act or found, m)
-                _carry_affine(new, m.weight, m.bias)
-                _set_module(gm, node.target, new)
+                replace(node.target, m, act or found)
                 users[0].replace_all_uses_with(last)
                 gm.graph.erase_node(users[0])
                 report.with_act.append(node.target)
             else:
-                new = build(m.num_features, None, m)
-                _carry_affine(new, m.weight, m.bias)
-                _set_module(gm, node.target, new)
+                replace(node.target, m, None)
                 why = "several users" if len(users) > 1 else _describe(users, modules)
                 report.without_act.append(f"{node.target} (followed by {why})")
     for node in gm.graph.nodes:
@@ -201,14 +200,6 @@ def convert(
 
 def _is_identity(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_module" and isinstance(modules[node.target], nn.Identity)
-
-
-def _activation_of_module(m: nn.Module) -> str | nn.Module:
-    if type(m) in _ACT_MODULES:
-        return _ACT_MODULES[type(m)]
-    if isinstance(m, nn.GELU) and m.approximate == "none":
-        return "gelu"
-    return m
 
 
 def _name(node: fx.Node) -> str:

@@ -12,11 +12,9 @@ import torch
 from torch import Tensor, nn
 
 from proxynorm.layers.activation import inplace_act
-from proxynorm.layers.fused_proxy_norm import FUSED_ACTS, proxy_statistics
+from proxynorm.layers.fused_proxy_norm import FUSED_ACTS, HOMOGENEOUS_ACTS, proxy_statistics
 from proxynorm.layers.proxy_norm import ProxyNormAct, proxy_moments
 from proxynorm.layers.validation import check_input
-
-_HOMOGENEOUS = ("relu", "identity", "linear")
 
 
 class FoldedProxyAct(nn.Module):
@@ -46,7 +44,7 @@ class FoldedProxyAct(nn.Module):
                 pn.weight, pn.bias, pn.proxy_weight, pn.proxy_bias, pn.act_fn, pn.quantiles
             )
             r = torch.rsqrt(v + pn.eps) if pn.scale else torch.ones_like(v)
-        homogeneous = pn.act_name in _HOMOGENEOUS
+        homogeneous = pn.act_name in HOMOGENEOUS_ACTS
         folded = cls(pn.num_features, pn.act_fn, pn.act_name, has_scale=not homogeneous)
         w, b = pn.weight.to(dtype), pn.bias.to(dtype)
         folded.weight.copy_(w * r if homogeneous else w)

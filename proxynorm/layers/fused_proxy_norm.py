@@ -31,8 +31,9 @@ from torch import Tensor
 
 from proxynorm.layers.precision import upcast
 
-# φ(c·u) = c·φ(u) for c > 0: r folds into the affine, and Σ g φ(u) = γ ∂γ' + β ∂β' (no extra pass).
-_HOMOGENEOUS = {"relu", "identity", "linear"}
+#: φ(c·u) = c·φ(u) for c > 0: r folds into the affine, and Σ g φ(u) = γ ∂γ' + β ∂β' (no extra
+#: pass). The folded inference form uses the same set.
+HOMOGENEOUS_ACTS = {"relu", "identity", "linear"}
 
 
 def _relu_grad(g: Tensor, u: Tensor) -> Tensor:
@@ -108,7 +109,7 @@ def _step(x: Tensor, w, b, m, r, act: str, groups: int | None, eps: float):
     shape = (1, c) + (1,) * (x.dim() - 2)
     mr = m * r
     stats: list[Tensor] = []
-    if act in _HOMOGENEOUS:
+    if act in HOMOGENEOUS_ACTS:
         wr, br = w * r, b * r - mr
         if groups is None:
             out = _affine(xf, wr, br, shape)
@@ -185,7 +186,7 @@ class _ProxyNormActFunction(torch.autograd.Function):
                 else:
                     shifted = torch.ops.aten.native_group_norm(xf, wr, br, n, c, hw, groups, eps)[0]
             go = torch.ops.aten.threshold_backward.grad_input(gf, shifted, 0.0, grad_input=shifted)
-        elif act in _HOMOGENEOUS:
+        elif act in HOMOGENEOUS_ACTS:
             go = gf
         else:
             if groups is None:
@@ -217,7 +218,7 @@ class _ProxyNormActFunction(torch.autograd.Function):
             )
         gsum = _sum_but_channels(gf)
         grad_m = -r * gsum
-        if act in _HOMOGENEOUS:
+        if act in HOMOGENEOUS_ACTS:
             grad_r = w * gw + b * gb - m * gsum
         else:
             grad_r = _sum_but_channels(gf * upcast(out)) / r
