@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from proxynorm.layers.activation import inplace_act
-from proxynorm.layers.fused_proxy_norm import FUSED_ACTS, HOMOGENEOUS_ACTS, proxy_statistics
-from proxynorm.layers.proxy_norm import ProxyNormAct, proxy_moments
+from proxynorm.layers.fused_proxy_norm import HOMOGENEOUS_ACTS
+from proxynorm.layers.proxy_norm import ProxyNormAct
 from proxynorm.layers.validation import check_input
 
 
@@ -36,14 +36,8 @@ class FoldedProxyAct(nn.Module):
     @classmethod
     @torch.no_grad()
     def from_proxy(cls, pn: ProxyNormAct) -> FoldedProxyAct:
-        dtype = torch.promote_types(pn.weight.dtype, torch.float32)
-        if pn.act_name in FUSED_ACTS:
-            m, r = proxy_statistics(*pn.pn_args(), dtype)
-        else:
-            m, v = proxy_moments(
-                pn.weight, pn.bias, pn.proxy_weight, pn.proxy_bias, pn.act_fn, pn.quantiles
-            )
-            r = torch.rsqrt(v + pn.eps) if pn.scale else torch.ones_like(v)
+        m, r = pn.inference_stats()
+        dtype = m.dtype
         homogeneous = pn.act_name in HOMOGENEOUS_ACTS
         folded = cls(pn.num_features, pn.act_fn, pn.act_name, has_scale=not homogeneous)
         w, b = pn.weight.to(dtype), pn.bias.to(dtype)

@@ -268,11 +268,19 @@ class ProxyNormAct(nn.Module):
             return None
         key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
         if self._stats_cache is None or self._stats_cache[0] != key:
-            with torch.no_grad():
-                dtype = torch.promote_types(self.weight.dtype, torch.float32)
-                stats = proxy_statistics(*self.pn_args(), dtype)
-            self._stats_cache = (key, stats)
+            self._stats_cache = (key, self.inference_stats())
         return self._stats_cache[1]
+
+    @torch.no_grad()
+    def inference_stats(self) -> tuple[Tensor, Tensor]:
+        """The proxy mean ``m`` and inverse scale ``r = 1/sqrt(Var + eps)`` (ones without
+        ``scale``) of the current parameters, shape ``(C,)``, in at least float32: the
+        constants of this step in eval mode, ``z~ = (φ(γ y + β) − m) · r``."""
+        dtype = torch.promote_types(self.weight.dtype, torch.float32)
+        if self.act_name in FUSED_ACTS:
+            return proxy_statistics(*self.pn_args(), dtype)
+        m, v = self.proxy_moments()
+        return m, torch.rsqrt(v + self.eps) if self.scale else torch.ones_like(v)
 
     def _fused(self, x: Tensor, groups: int | None = None, eps: float = 1e-5) -> Tensor:
         needs_graph = torch.is_grad_enabled() and x.requires_grad

@@ -174,3 +174,27 @@ def test_proxy_moments_converge_to_gaussian_moments():
         errors.append((abs(mean.item() - exact_mean), abs(var.item() - exact_var) / exact_var))
     assert errors[1][0] < 1e-3 and errors[1][1] < 1e-2
     assert errors[0] > errors[1] > errors[2]
+
+
+@pytest.mark.parametrize("act", ["relu", "silu", "leaky_relu"])
+@pytest.mark.parametrize("scale", [True, False])
+def test_inference_stats_are_the_eval_mode_constants(act, scale):
+    """``(m, r)`` from :meth:`inference_stats` (fused statistics for relu/silu, proxy moments
+    for other φ) reproduce eval-mode forward as ``(φ(γ y + β) − m) · r``."""
+    c = 5
+    pn = ProxyNormAct(c, act=act, scale=scale, dtype=torch.float64).eval()
+    with torch.no_grad():
+        params = (pn.weight, pn.bias, pn.proxy_weight, pn.proxy_bias)
+        for p, v in zip(params, _random_params(c), strict=True):
+            p.copy_(v)
+    m, r = pn.inference_stats()
+    mean, var = pn.proxy_moments()
+    torch.testing.assert_close(m, mean, rtol=1e-12, atol=1e-12)
+    expected_r = torch.rsqrt(var + pn.eps) if scale else torch.ones(c, dtype=torch.float64)
+    torch.testing.assert_close(r, expected_r, rtol=1e-12, atol=1e-12)
+    y = torch.randn(2, c, 3, 3, dtype=torch.float64)
+    view = (1, c, 1, 1)
+    manual = (pn.act_fn(pn.weight.view(view) * y + pn.bias.view(view)) - m.view(view)) * r.view(
+        view
+    )
+    torch.testing.assert_close(pn(y), manual, rtol=1e-12, atol=1e-12)
