@@ -10,7 +10,6 @@ by two nodes, like a ReLU output that the next convolution also saves, counts on
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from proxynorm.environment import environment
 from proxynorm.layers import ProxyNormAct, norm_act
 from proxynorm.models import create_model
 
@@ -194,16 +194,6 @@ def bench_models(
     return _summarize(variants, times, "bn")
 
 
-def environment() -> dict[str, Any]:
-    return {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-    }
-
-
 def run_benchmarks(
     out: str | Path,
     models: list[str],
@@ -252,6 +242,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# proxynorm bench",
         "",
+        f"proxynorm {env.get('proxynorm', '?')} (commit {env.get('commit') or 'unknown'}), "
         f"torch {env['torch']}, {env['threads']} threads, {env['processor']}. Median of "
         "interleaved runs after warm-up; ratio against the first row of each table "
         "(layers: BN+ReLU, activation steps: affine+ReLU, models: bn), as the median over "

@@ -32,6 +32,7 @@ from proxynorm.data.datasets import is_image_folder
 from proxynorm.data.image_folder import ImageFolder
 from proxynorm.data.loader import ArrayLoader, FolderDataset, FolderLoader, epoch_generator
 from proxynorm.data.transforms import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
+from proxynorm.environment import environment
 from proxynorm.layers import convert_sync_batchnorm, parse_spec
 from proxynorm.models import create_model, load_checkpoint, save_model
 from proxynorm.train import distributed
@@ -413,6 +414,7 @@ def _finish(cfg: TrainConfig, out: Path, elapsed: float, d: Dist) -> dict[str, A
         "train_loss": last.get("train_loss"),
         "wall_seconds": elapsed,
         "world_size": d.world_size,
+        "environment": environment(),
         "config": cfg.to_dict(),
     }
     (out / FINAL).write_text(json.dumps(final, indent=1))

@@ -62,6 +62,7 @@ def test_run_writes_metrics_checkpoint_and_final(fake_cifar, tmp_path):
     assert len(records[0]["power"]) == 19  # one decomposition per norm-act step
     assert sum(records[0]["power"][5].values()) == pytest.approx(1.0)
     assert final["test_acc"] == records[-1]["test_acc"]
+    assert final["environment"]["torch"] == torch.__version__
     assert json.loads((tmp_path / "run" / "config.json").read_text())["norm"] == "gn+pn"
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert ckpt["epoch"] == 2

@@ -1,0 +1,45 @@
+"""What a result was produced with: library and PyTorch versions, source commit, machine.
+
+Saved beside benchmark tables (``bench.json``) and training results (``final.json``) so that a
+number can be traced to the code and machine that produced it.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import proxynorm
+
+
+def source_commit() -> str | None:
+    """The git commit of the checkout ``proxynorm`` is imported from, with ``+dirty`` when
+    tracked files differ from it; ``None`` outside a git checkout (e.g. an installed wheel)."""
+    root = Path(proxynorm.__file__).resolve().parent.parent
+    if not (root / ".git").exists():  # a directory, or a file in a git worktree
+        return None
+    try:
+        run = dict(cwd=root, capture_output=True, text=True, timeout=10, check=True)
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], **run).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], **run).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def environment() -> dict[str, Any]:
+    """Versions, source commit, thread count and machine of this process."""
+    return {
+        "proxynorm": proxynorm.__version__,
+        "commit": source_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }

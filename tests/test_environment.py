@@ -1,0 +1,37 @@
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import proxynorm
+from proxynorm.environment import environment, source_commit
+
+
+def test_environment_names_versions_and_threads():
+    env = environment()
+    assert env["proxynorm"] == proxynorm.__version__
+    assert env["torch"] == torch.__version__
+    assert env["threads"] == torch.get_num_threads()
+
+
+def test_source_commit_is_the_checkout_head_or_none():
+    root = Path(proxynorm.__file__).resolve().parent.parent
+    commit = source_commit()
+    if not (root / ".git").exists():
+        assert commit is None
+        return
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip("git not available")
+    assert commit is not None and commit.removesuffix("+dirty") == head
+
+
+def test_source_commit_outside_a_checkout_is_none(monkeypatch, tmp_path):
+    package = tmp_path / "proxynorm"
+    package.mkdir()
+    monkeypatch.setattr(proxynorm, "__file__", str(package / "__init__.py"))
+    assert source_commit() is None
