@@ -274,6 +274,9 @@ def render(summaries, claims, collapse, marks, missing, cell, wall) -> str:
         "",
         "![accuracy](results/cifar10_cpu/accuracy.png)",
         "",
+        "Mean over the finished seeds per epoch; the band spans the lowest to the highest "
+        "seed's test accuracy.",
+        "",
         "## The paper's claims, checked",
         "",
         "| claim | holds? | measured |",
