@@ -295,7 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench", help="time and saved memory of norm-act layers and training steps vs BN+ReLU"
     )
-    p.add_argument("--models", default="resnet20,resnet50", help="resnet20 and/or resnet50")
+    p.add_argument(
+        "--models",
+        default="resnet20,resnet50",
+        help="resnet20 (batch 128), resnet20-b8 (batch 8), resnet50 (batch 16)",
+    )
     p.add_argument("--repeats", type=int, default=10, help="timed rounds per model (>= 10)")
     p.add_argument(
         "--compile", default="", help="models to also time under torch.compile (e.g. resnet20)"

@@ -42,3 +42,14 @@ def test_bench_command_writes_json_and_markdown(tmp_path, monkeypatch):
     assert calls.count("l") == 2 and calls.count(True) == 2 and calls.count(False) == 2
     assert json.loads((tmp_path / "bench.json").read_text())["tables"]
     assert (tmp_path / "bench.md").read_text().startswith("# proxynorm bench")
+
+
+def test_small_batch_setting_benchmarks_resnet20_at_batch_8(tmp_path, monkeypatch):
+    import proxynorm.bench as bench
+
+    calls = []
+    monkeypatch.setattr(bench, "bench_layers", lambda *a, **k: {})
+    monkeypatch.setattr(bench, "bench_models", lambda *a, **k: calls.append(a) or {})
+    results = run_benchmarks(tmp_path, ["resnet20-b8"], repeats=1)
+    assert calls == [("resnet20", 8, 32)] * 2  # contiguous and channels_last
+    assert "resnet20 batch 8 32x32 channels_last" in [t["what"] for t in results["tables"]]
