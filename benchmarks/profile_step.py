@@ -1,10 +1,13 @@
 """Where a resnet20 training step spends its time, per PyTorch operator (torch.profiler).
 
     python benchmarks/profile_step.py > benchmarks/results/profile_step.md
+    python benchmarks/profile_step.py 8 > benchmarks/results/profile_step_b8.md
 
-Batch 128, 32x32, channels_last, 2 warm-up steps then 4 profiled steps per spec; self CPU time
-per step of the operators (and autograd Functions) above 1% of the step.
+Batch 128 (or the first argument), 32x32, channels_last, 2 warm-up steps then 4 profiled steps
+per spec; self CPU time per step of the operators (and autograd Functions) above 1% of the step.
 """
+
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -15,11 +18,14 @@ from proxynorm.models import create_model
 STEPS = 4
 
 
-def main() -> None:
+def main(batch: int = 128) -> None:
     torch.manual_seed(0)
-    x = torch.randn(128, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (128,))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, channels_last\n")
+    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {batch}, "
+        "channels_last\n"
+    )
     for spec in ("bn", "gn", "gn+pn"):
         kw = {"groups": 8} if spec.startswith("gn") else {}
         model = create_model("resnet20", norm=spec, **kw).to(memory_format=torch.channels_last)
@@ -41,4 +47,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(*map(int, sys.argv[1:2]))

@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
 # 1. Layers and training steps as users run them (glibc's default allocator).
 proxynorm bench --models resnet20,resnet50 --compile resnet20 --repeats 10 --out "$OUT/cpu"
-# 2. The same resnet20 steps with glibc told to keep large blocks instead of returning them to
+# 2. resnet20 at batch 8, eager and compiled: PN's per-step cost does not shrink with the batch.
+proxynorm bench --models resnet20-b8 --compile resnet20-b8 --repeats 20 --out "$OUT/cpu-b8"
+# 3. The same resnet20 steps with glibc told to keep large blocks instead of returning them to
 #    the OS after every step (fewer page faults; see docs/PERFORMANCE.md).
 MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 \
   proxynorm bench --models resnet20 --repeats 10 --out "$OUT/cpu-malloc"
