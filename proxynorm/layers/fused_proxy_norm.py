@@ -102,7 +102,7 @@ def proxy_statistics(
     z = _ACTS[act][0](
         _proxy_u(*_proxy_affine(weight, bias, proxy_weight, proxy_bias, dtype), quantiles.to(dtype))
     )
-    # Two-pass population variance; torch.var_mean over rows of 256 is ~8x slower on CPU.
+    # Two-pass population variance: torch.var_mean over 256-wide rows is much slower on CPU.
     mean = z.mean(1)
     centered = z - mean.unsqueeze(1)
     var = (centered * centered).mean(1)
