@@ -8,6 +8,7 @@ Without those variables everything here is a no-op for a single process.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -68,6 +69,10 @@ def setup(device: str, timeout_s: float = 600.0) -> tuple[Dist, torch.device]:
     if d.enabled and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        # Library callers of train() may never call shutdown(); a process group left alive at
+        # interpreter exit can abort the process (gloo: "terminate called without an active
+        # exception", exit code -6) after a successful run.
+        atexit.register(shutdown)
     return d, dev
 
 
