@@ -37,8 +37,11 @@ class WSConv2d(nn.Conv2d):
         """The standardized kernel ω̂ (same shape and dtype as ``weight``)."""
         w = self.weight
         w32 = w.to(torch.promote_types(w.dtype, torch.float32))
-        var, mean = torch.var_mean(w32, dim=(1, 2, 3), correction=0, keepdim=True)
-        return ((w32 - mean) * torch.rsqrt((var + self.eps).clamp_min(_MIN_VAR))).to(w.dtype)
+        # Two passes (population variance): torch.var_mean over these rows is slower on CPU,
+        # forward and backward (benchmarks/variance_rows.py).
+        centered = w32 - w32.mean(dim=(1, 2, 3), keepdim=True)
+        var = (centered * centered).mean(dim=(1, 2, 3), keepdim=True)
+        return (centered * torch.rsqrt((var + self.eps).clamp_min(_MIN_VAR))).to(w.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.standardized_weight(), self.bias)
