@@ -37,8 +37,9 @@ class WSConv2d(nn.Conv2d):
         """The standardized kernel ω̂ (same shape and dtype as ``weight``)."""
         w = self.weight
         w32 = w.to(torch.promote_types(w.dtype, torch.float32))
-        # Two passes (population variance): torch.var_mean over these rows is slower on CPU,
-        # forward and backward (benchmarks/variance_rows.py).
+        # Two passes (population variance): on CPU faster than torch.var_mean forward and
+        # backward for mid-sized kernels, slightly slower for tiny ones
+        # (benchmarks/variance_rows.py).
         centered = w32 - w32.mean(dim=(1, 2, 3), keepdim=True)
         var = (centered * centered).mean(dim=(1, 2, 3), keepdim=True)
         return (centered * torch.rsqrt((var + self.eps).clamp_min(_MIN_VAR))).to(w.dtype)
