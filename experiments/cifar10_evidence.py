@@ -39,8 +39,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DATA = "../shared/data/cifar10-jpeg.zip"
 OUT = Path(os.environ.get("RESULTS", ROOT / "experiments" / "results" / "cifar10_cpu"))
-COMMON = ("--model", "resnet20", "--data", "cifar10", "--recipe", "cifar", "--groups", "8",
-          "--channels-last", "--probe", "128", "--batch-size", "128")
+COMMON = (
+    "--model",
+    "resnet20",
+    "--data",
+    "cifar10",
+    "--recipe",
+    "cifar",
+    "--groups",
+    "8",
+    "--channels-last",
+    "--probe",
+    "128",
+    "--batch-size",
+    "128",
+)
 SUBSET = ("--subset", "10000", "--epochs", "20")
 NORM_BATCHES = (2, 4, 8, 16, 32)
 
@@ -60,8 +73,10 @@ def _run(group: str, experiment: str, norm: str, seed: int, *args: str) -> Run:
 def runs() -> list[Run]:
     """Every run, in the order the workers take them."""
     devices = {
-        s: [_run("devices", f"devices/nb{k}", "bn", s, *SUBSET, "--norm-batch", str(k))
-            for k in NORM_BATCHES]
+        s: [
+            _run("devices", f"devices/nb{k}", "bn", s, *SUBSET, "--norm-batch", str(k))
+            for k in NORM_BATCHES
+        ]
         for s in (0, 1)
     }
     full = {
@@ -70,27 +85,59 @@ def runs() -> list[Run]:
         for s in (0, 1)
     }
     drivers = [
-        *[_run("drivers", f"drivers/groups{g}", "gn+pn", 0, *SUBSET, "--groups", str(g))
-          for g in (2, 4, 16)],
+        *[
+            _run("drivers", f"drivers/groups{g}", "gn+pn", 0, *SUBSET, "--groups", str(g))
+            for g in (2, 4, 16)
+        ],
         _run("drivers", "drivers/no_proxy_affine", "gn+pn", 0, *SUBSET, "--no-proxy-affine"),
-        *[_run("drivers", "drivers/wd5e-4", n, 0, *SUBSET, "--weight-decay", "5e-4")
-          for n in ("gn+pn", "bn")],
-        *[_run("drivers", "drivers/nesterov_cosine", n, 0, *SUBSET, "--nesterov",
-               "--schedule", "cosine") for n in ("gn+pn", "bn")],
+        *[
+            _run("drivers", "drivers/wd5e-4", n, 0, *SUBSET, "--weight-decay", "5e-4")
+            for n in ("gn+pn", "bn")
+        ],
+        *[
+            _run(
+                "drivers",
+                "drivers/nesterov_cosine",
+                n,
+                0,
+                *SUBSET,
+                "--nesterov",
+                "--schedule",
+                "cosine",
+            )
+            for n in ("gn+pn", "bn")
+        ],
     ]
     return [
-        full["bn", 0], *devices[0], full["gn+pn", 0], *devices[1],
-        full["bn", 1], full["gn+pn", 1], *drivers, full["gn", 0],
+        full["bn", 0],
+        *devices[0],
+        full["gn+pn", 0],
+        *devices[1],
+        full["bn", 1],
+        full["gn+pn", 1],
+        *drivers,
+        full["gn", 0],
     ]
 
 
 def command(run: Run, data: str) -> list[str]:
     # Later flags win in argparse, so a run's own --groups / --epochs override COMMON's.
-    return [sys.executable, "-m", "proxynorm.cli", "train", "--resume", "--out",
-            str(OUT / run.path), *COMMON, "--data-dir", data, *run.args]
+    return [
+        sys.executable,
+        "-m",
+        "proxynorm.cli",
+        "train",
+        "--resume",
+        "--out",
+        str(OUT / run.path),
+        *COMMON,
+        "--data-dir",
+        data,
+        *run.args,
+    ]
 
 
-def work(queue: list[Run], data: str, reclaim: bool, worker: int) -> list[tuple[str, int]]:
+def work(queue: list[Run], data: str, worker: int) -> list[tuple[str, int]]:
     """Take unclaimed runs from ``queue`` until none is left; return (path, exit code) pairs."""
     done = []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -101,8 +148,6 @@ def work(queue: list[Run], data: str, reclaim: bool, worker: int) -> list[tuple[
         out.mkdir(parents=True, exist_ok=True)
         claim = out / ".claim"
         try:
-            if reclaim:
-                claim.unlink(missing_ok=True)
             fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             continue  # another worker has it
@@ -111,8 +156,9 @@ def work(queue: list[Run], data: str, reclaim: bool, worker: int) -> list[tuple[
         log = out / "train.log"
         print(f"[worker {worker}] {time.strftime('%H:%M:%S')} start {run.path}", flush=True)
         with open(log, "a") as f:
-            rc = subprocess.call(command(run, data), cwd=ROOT, env=env, stdout=f,
-                                 stderr=subprocess.STDOUT)
+            rc = subprocess.call(
+                command(run, data), cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT
+            )
         claim.unlink(missing_ok=True)
         print(f"[worker {worker}] {time.strftime('%H:%M:%S')} end {run.path} rc={rc}", flush=True)
         done.append((run.path, rc))
@@ -137,14 +183,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for r in queue:
             out = OUT / r.path
-            state = ("finished" if (out / "final.json").exists()
-                     else "claimed" if (out / ".claim").exists()
-                     else "partial" if (out / "metrics.jsonl").exists() else "todo")
+            state = (
+                "finished"
+                if (out / "final.json").exists()
+                else "claimed"
+                if (out / ".claim").exists()
+                else "partial"
+                if (out / "metrics.jsonl").exists()
+                else "todo"
+            )
             print(f"{state:9s} {r.path:38s} {' '.join(r.args)}")
         return 0
+    if args.reclaim:  # before any worker starts: a worker never removes another's claim
+        for r in queue:
+            (OUT / r.path / ".claim").unlink(missing_ok=True)
     with ThreadPoolExecutor(args.workers) as pool:
-        results = [pool.submit(work, queue, args.data_dir, args.reclaim, w)
-                   for w in range(args.workers)]
+        results = [pool.submit(work, queue, args.data_dir, w) for w in range(args.workers)]
         failed = [(p, rc) for f in results for p, rc in f.result() if rc]
     for path, rc in failed:
         print(f"FAILED (exit {rc}): {path}; see {OUT / path / 'train.log'}", file=sys.stderr)

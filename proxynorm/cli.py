@@ -134,6 +134,7 @@ _TRAIN_HELP = {
     "epochs": "epochs (the recipe's milestones and warmup are scaled to it)",
     "amp": "mixed precision: auto (on for CUDA), off, bf16, fp16",
     "probe": "power decomposition of N fixed test images every epoch (0: off)",
+    "compile": "torch.compile the training step: off, default, reduce-overhead, max-autotune",
     "milestones": "comma-separated epochs of lr decay",
     "device": "cpu, cuda or auto",
     "batch_size": "images per step per process (under torchrun: per rank)",

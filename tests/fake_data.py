@@ -55,9 +55,9 @@ def write_cifar100(root: Path, n: int = 2) -> Path:
     return root
 
 
-def png_bytes(arr) -> bytes:
+def png_bytes(arr, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(arr.transpose(1, 2, 0)).save(buf, format="PNG")
+    Image.fromarray(arr.transpose(1, 2, 0)).save(buf, format=fmt)
     return buf.getvalue()
 
 
@@ -67,13 +67,15 @@ def write_image_folder_zip(
     n_test: int = 2,
     classes=("cat", "dog"),
     corrupt: str | None = None,
+    fmt: str = "png",
 ) -> Path:
-    """A zip of ``train/<class>/*.png`` and ``test/<class>/*.png``; ``corrupt`` names an entry
-    written with garbage bytes."""
+    """A zip of ``train/<class>/*.<fmt>`` and ``test/<class>/*.<fmt>`` (``png`` or ``jpg``);
+    ``corrupt`` names an entry written with garbage bytes."""
     with zipfile.ZipFile(path, "w") as zf:
         for split, n, seed in (("train", n_train, 5), ("test", n_test, 6)):
             x, y = class_images(n, len(classes), seed=seed)
             for i, (img, label) in enumerate(zip(x, y, strict=True)):
-                name = f"{split}/{classes[label]}/{i:04d}.png"
-                zf.writestr(name, b"not an image" if name == corrupt else png_bytes(img))
+                name = f"{split}/{classes[label]}/{i:04d}.{fmt}"
+                data = png_bytes(img, "JPEG" if fmt == "jpg" else "PNG")
+                zf.writestr(name, b"not an image" if name == corrupt else data)
     return path

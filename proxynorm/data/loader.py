@@ -109,6 +109,8 @@ class ArrayLoader:
         seed: with :meth:`set_epoch`, fixes the order and augmentation of each epoch.
         augment: ``"cifar"`` (pad-4 crop and flip) or ``None``.
         rank, world_size: this process and the number of processes.
+        device: keep the images and labels on this device (e.g. a GPU: batches are gathered and
+            augmented there, with the same random draws as on the CPU); ``None`` leaves them.
     """
 
     def __init__(
@@ -120,8 +122,11 @@ class ArrayLoader:
         augment: str | None = "cifar",
         rank: int = 0,
         world_size: int = 1,
+        device: torch.device | str | None = None,
     ) -> None:
         self.sampler = ShardedBatchSampler(len(data), batch_size, train, seed, rank, world_size)
+        if device is not None:
+            data = ArrayDataset(data.images.to(device), data.labels.to(device))
         self.data, self.batch_size, self.train = data, batch_size, train
         self.augment = augment if train else None
 

@@ -25,16 +25,21 @@ def normalize(images: Tensor, mean=CIFAR_MEAN, std=CIFAR_STD) -> Tensor:
 
 
 def cifar_augment(images: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
-    """Random crop after zero padding by ``pad``, and random horizontal flip, per image."""
+    """Random crop after zero padding by ``pad``, and random horizontal flip, per image.
+
+    The random draws come from ``generator`` (a CPU generator) whatever the images' device, and
+    the crop and flip run on the images' device: the same batches on CPU and GPU.
+    """
     n, c, h, w = images.shape
+    dev = images.device
     padded = F.pad(images, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
-    ox = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
-    rows = (oy + torch.arange(h)).view(n, 1, h, 1).expand(n, c, h, w + 2 * pad)
+    oy = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator).to(dev)
+    ox = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator).to(dev)
+    rows = (oy + torch.arange(h, device=dev)).view(n, 1, h, 1).expand(n, c, h, w + 2 * pad)
     out = padded.gather(2, rows)
-    cols = (ox + torch.arange(w)).view(n, 1, 1, w).expand(n, c, h, w)
+    cols = (ox + torch.arange(w, device=dev)).view(n, 1, 1, w).expand(n, c, h, w)
     out = out.gather(3, cols)
-    flip = torch.rand(n, generator=generator) < 0.5
+    flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
     return torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
 
 

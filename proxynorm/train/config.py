@@ -39,6 +39,7 @@ class TrainConfig:
     channels_last: bool = False
     grad_clip: float = 0.0
     probe: int = 0
+    compile: str = "off"
     # --- data parallelism (torchrun)
     global_batch: int | None = None
     sync_bn: bool = False

@@ -46,7 +46,9 @@ METRICS = "metrics.jsonl"
 FINAL = "final.json"
 # Options that may differ when resuming: they do not change the computation's result on CPU
 # (the per-process batch follows from the global batch and the number of processes).
-_RESUMABLE_DIFFERENCES = {"device", "workers", "download", "data_dir", "dist_timeout", "batch_size"}
+_RESUMABLE_DIFFERENCES = {
+    "device", "workers", "download", "data_dir", "dist_timeout", "batch_size", "compile"
+}
 
 
 class TrainingDiverged(RuntimeError):
@@ -75,11 +77,13 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     raise ValueError(f"amp must be auto, off, bf16 or fp16, got {cfg.amp!r}")
 
 
-def build_data(cfg: TrainConfig, d: Dist | None = None) -> Data:
+def build_data(cfg: TrainConfig, d: Dist | None = None, device: torch.device | None = None) -> Data:
     """Loaders for the configured data set (CIFAR in memory, other image folders streamed), each
-    yielding process ``d.rank``'s share of every global batch."""
+    yielding process ``d.rank``'s share of every global batch. In-memory data sets live on
+    ``device`` when it is an accelerator (batches gathered and augmented there)."""
     d = d or Dist()
     shard = {"rank": d.rank, "world_size": d.world_size}
+    resident = {"device": device if device is not None and device.type != "cpu" else None}
     if cfg.data in ("cifar10", "cifar100"):
         train, test, num_classes = load_small_images(
             cfg.data, cfg.data_dir, cfg.download, size=cfg.image_size
@@ -93,8 +97,8 @@ def build_data(cfg: TrainConfig, d: Dist | None = None) -> Data:
         if cfg.probe:
             probe = test.images[class_balanced_indices(test.labels.tolist(), cfg.probe, 0)]
         return Data(
-            ArrayLoader(train, cfg.batch_size, True, cfg.seed, cfg.augment, **shard),
-            ArrayLoader(test, cfg.batch_size, False, **shard),
+            ArrayLoader(train, cfg.batch_size, True, cfg.seed, cfg.augment, **shard, **resident),
+            ArrayLoader(test, cfg.batch_size, False, **shard, **resident),
             num_classes,
             CIFAR_MEAN,
             CIFAR_STD,
@@ -253,7 +257,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
     def autocast():
         return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
-    data = build_data(cfg, d)
+    data = build_data(cfg, d, device)
     model = build_model(cfg, data.num_classes).to(device)
     if cfg.sync_bn:
         if not parse_spec(cfg.norm).batch_dependent:
@@ -298,6 +302,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
     if d.main:
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     trainer = _wrap(model, d, device)
+    if cfg.compile != "off":
+        trainer = torch.compile(trainer, mode=None if cfg.compile == "default" else cfg.compile)
 
     mix = cfg.mixup > 0 or cfg.cutmix > 0
     steps = len(data.train)
