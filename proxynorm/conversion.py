@@ -9,35 +9,34 @@ model:
   as its initialization, and the activation node disappears;
 * any other BatchNorm (e.g. before a residual add) becomes the spec's norm with its affine and no
   activation (``apply_act=False``: exactly the plain norm);
-* this package's own norm-act layers built with ``bn`` (``BatchNormAct2d``) are converted whole;
+* BN-like frozen modules (torchvision's ``FrozenBatchNorm2d``, detectron2's: fixed ``weight``,
+  ``bias``, ``running_mean``, ``running_var``) are converted like BN; this package's
+  ``BatchNormAct2d`` and timm's (BN + act in one module) are converted whole;
 * activations not directly preceded by a norm, and other norms, are left alone and reported.
+
+What the copy keeps of the original, by construction:
+
+* Modules that hold no BatchNorm are not traced into (they stay whole, as leaves), so their
+  buffers are never frozen into constants and their train/eval behaviour (dropout, stochastic
+  depth, DropPath) is their own.
+* The model is traced in train and in eval mode. Where the two graphs differ only in a boolean
+  that follows the mode (``F.dropout(x, p, training=self.training)`` in a traced ``forward``), the
+  converted graph reads the owning module's ``training`` flag at run time; any other difference
+  is refused with the module's name.
 """
 
 from __future__ import annotations
 
+import copy
 import operator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import fx, nn
+from torch import Tensor, fx, nn
 
 from proxynorm.layers import BatchNormAct2d, NormAct, norm_act, parse_spec
-
-# Activation modules / functions -> names known to the factory (others are passed as callables).
-_ACT_MODULES: dict[type[nn.Module], str] = {
-    nn.ReLU: "relu",
-    nn.SiLU: "silu",
-}
-_ACT_FUNCTIONS: dict[Any, str] = {
-    F.relu: "relu",
-    torch.relu: "relu",
-    torch.relu_: "relu",
-    F.silu: "silu",
-    F.gelu: "gelu",
-}
-_ACT_METHODS = {"relu": "relu", "relu_": "relu"}
+from proxynorm.layers.activation import Act, act_from_call, get_act
 
 
 @dataclass
@@ -47,47 +46,153 @@ class ConversionReport:
     with_act: list[str] = field(default_factory=list)  # BN + activation -> norm-act (PN)
     without_act: list[str] = field(default_factory=list)  # BN -> norm with affine
     left: list[str] = field(default_factory=list)  # "name: why"
+    regrouped: list[str] = field(default_factory=list)  # "name: C channels, G groups (why)"
+    mode_dependent: list[str] = field(default_factory=list)  # calls that follow .train()/.eval()
 
     def __str__(self) -> str:
         lines = [
             f"{len(self.with_act)} BatchNorm + activation -> norm-act step",
             f"{len(self.without_act)} BatchNorm without activation -> norm with affine",
-            f"{len(self.left)} left alone:",
         ]
+        if self.regrouped:
+            lines.append(f"{len(self.regrouped)} with other groups than asked:")
+            lines += [f"  {r}" for r in self.regrouped]
+        if self.mode_dependent:
+            lines.append(f"{len(self.mode_dependent)} calls follow the train/eval mode:")
+            lines += [f"  {m}" for m in self.mode_dependent]
+        lines.append(f"{len(self.left)} left alone:")
         return "\n".join(lines + [f"  {why}" for why in self.left])
 
 
+def is_bn_like(m: nn.Module) -> bool:
+    """A BatchNorm, or a frozen BN-like module: no children, and 1-D tensors ``weight``,
+    ``bias``, ``running_mean``, ``running_var`` of one length (torchvision's and detectron2's
+    ``FrozenBatchNorm2d``; this package's norm-act layers are not BN-like)."""
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return True
+    if isinstance(m, NormAct) or any(True for _ in m.children()):
+        return False
+    tensors = [getattr(m, k, None) for k in ("weight", "bias", "running_mean", "running_var")]
+    return all(isinstance(t, Tensor) and t.dim() == 1 for t in tensors) and (
+        len({t.numel() for t in tensors}) == 1
+    )
+
+
 class _Tracer(fx.Tracer):
-    """Keeps this package's norm-act layers and timm-style BN+act modules as leaves."""
+    """Traces only into modules that hold a BatchNorm (to pair each BN with its activation);
+    every other module, this package's norm-act layers and BN-like modules are leaves."""
+
+    def __init__(self, holders: set[nn.Module]) -> None:
+        super().__init__()
+        self.holders = holders  # modules with a BN-like module below them
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, NormAct | nn.modules.batchnorm._BatchNorm) or super().is_leaf_module(
-            m, qualname
-        )
+        if isinstance(m, NormAct) or is_bn_like(m):
+            return True
+        return m not in self.holders or super().is_leaf_module(m, qualname)
 
 
-def _module_activation(m: nn.Module) -> str | nn.Module | None:
-    """A factory name for a known activation module, the module itself for other activations,
-    else ``None``."""
-    if type(m) in _ACT_MODULES:
-        return _ACT_MODULES[type(m)]
-    if isinstance(m, nn.GELU) and m.approximate == "none":
-        return "gelu"
-    if isinstance(m, nn.ReLU6 | nn.Hardswish | nn.Mish | nn.LeakyReLU | nn.ELU | nn.GELU):
-        return m
-    return None
+def _holders(model: nn.Module) -> set[nn.Module]:
+    holders: set[nn.Module] = set()
+
+    def visit(m: nn.Module) -> bool:
+        below = [visit(c) for c in m.children()]  # visit every child
+        holds = any(below) or (m is not model and (is_bn_like(m) or isinstance(m, BatchNormAct2d)))
+        if any(below):
+            holders.add(m)
+        return holds
+
+    visit(model)
+    holders.add(model)
+    return holders
 
 
-def _activation(node: fx.Node, modules: dict[str, nn.Module]) -> str | nn.Module | None:
-    """The activation ``node`` applies (a factory name, or the module itself), else ``None``."""
+class TrainingFlag(nn.Module):
+    """Returns its own ``training`` flag, which ``.train()``/``.eval()`` of its parent set: the
+    converted graph's run-time view of a module's mode."""
+
+    def forward(self) -> bool:
+        return self.training
+
+
+def _trace(model: nn.Module, training: bool) -> fx.Graph:
+    modes = {m: m.training for m in model.modules()}
+    model.train(training)
+    try:
+        return _Tracer(_holders(model)).trace(model)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _owner(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else ""
+
+
+def _mode_differences(train: fx.Graph, evaluation: fx.Graph) -> list[tuple[fx.Node, Any]]:
+    """``(node of train, key)`` for every argument that is ``True`` in the train-mode graph and
+    ``False`` in the eval-mode graph (``key``: an int for args, a str for kwargs).
+
+    Raises:
+        ValueError: the graphs differ otherwise (the module whose code differs is named).
+    """
+    tn, en = list(train.nodes), list(evaluation.nodes)
+    index = {n: i for i, n in enumerate(tn)} | {n: i for i, n in enumerate(en)}
+
+    def norm(v):
+        return ("node", index[v]) if isinstance(v, fx.Node) else v
+
+    found = []
+    for i, (a, b) in enumerate(zip(tn, en, strict=False)):
+        same = a.op == b.op and a.target == b.target and len(a.args) == len(b.args)
+        same = same and a.kwargs.keys() == b.kwargs.keys()
+        pairs = list(zip(range(len(a.args)), a.args, b.args, strict=False)) if same else []
+        pairs += [(k, a.kwargs[k], b.kwargs[k]) for k in a.kwargs] if same else []
+        for key, x, y in pairs:
+            if x is True and y is False:
+                found.append((a, key))
+            elif fx.node.map_aggregate(x, norm) != fx.node.map_aggregate(y, norm):
+                same = False
+        if not same:
+            where = _owner(a) or _owner(b) or "the model's own forward"
+            raise ValueError(
+                f"cannot convert: {where} computes differently in train and eval mode beyond a "
+                f"dropout-style flag (traced graphs differ at {a.format_node()} vs "
+                f"{b.format_node()}, node {i}); put that code in a module without BatchNorm"
+            )
+    if len(tn) != len(en):
+        raise ValueError("cannot convert: the train- and eval-mode graphs differ in length")
+    return found
+
+
+def _follow_mode(gm: fx.GraphModule, diffs: list[tuple[fx.Node, Any]], report) -> None:
+    """Replace each mode-following boolean by a :class:`TrainingFlag` of its owner module."""
+    flags: dict[str, fx.Node] = {}
+    for node, key in diffs:
+        owner = _owner(node)
+        if owner not in flags:  # diffs come in graph order: the flag precedes every use
+            path = f"{owner}._training_flag" if owner else "_training_flag"
+            gm.add_submodule(path, TrainingFlag())
+            with gm.graph.inserting_before(node):
+                flags[owner] = gm.graph.call_module(path)
+        if isinstance(key, int):
+            node.args = (*node.args[:key], flags[owner], *node.args[key + 1 :])
+        else:
+            node.kwargs = {**node.kwargs, key: flags[owner]}
+        name = getattr(node.target, "__name__", str(node.target))
+        report.mode_dependent.append(f"{node.name} ({name} in {owner or 'the model'})")
+
+
+def _activation(node: fx.Node, modules: dict[str, nn.Module]) -> Act | nn.Module | None:
+    """The activation ``node`` applies to its first argument (a canonical :class:`Act`, or an
+    activation module the registry does not know), else ``None``."""
     if node.op == "call_module":
-        return _module_activation(modules[node.target])
-    if node.op == "call_function" and node.target in _ACT_FUNCTIONS:
-        if node.target is F.gelu and node.kwargs.get("approximate", "none") != "none":
-            return None
-        return _ACT_FUNCTIONS[node.target]
-    if node.op == "call_method" and node.target in _ACT_METHODS:
-        return _ACT_METHODS[node.target]
+        act = get_act(modules[node.target])  # known classes, or a stateless module's values
+        return None if act is None or act.name == "identity" else act
+    if node.op in ("call_function", "call_method") and node.args:
+        act = act_from_call(node.target, node.args, node.kwargs, node.op == "call_method")
+        return None if act is None or act.name == "identity" else act
     return None
 
 
@@ -96,12 +201,32 @@ def _set_module(root: nn.Module, target: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, name, module)
 
 
-def _carry_affine(new: nn.Module, weight: torch.Tensor | None, bias: torch.Tensor | None) -> None:
+def _carry_affine(new: nn.Module, weight: Tensor | None, bias: Tensor | None) -> None:
     with torch.no_grad():
         if weight is not None and getattr(new, "weight", None) is not None:
             new.weight.copy_(weight)
         if bias is not None and getattr(new, "bias", None) is not None:
             new.bias.copy_(bias)
+
+
+def nearest_divisor(n: int, k: int) -> int:
+    """The divisor of ``n`` closest to ``k`` (the smaller one on a tie)."""
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - k), d))
+
+
+def _grouping(c: int, groups: int | None, group_size: int | None) -> tuple[dict, str | None]:
+    """Per-layer GroupNorm arguments for ``c`` channels, and why they differ from those asked
+    (``None`` when they do not): an explicit value that does not divide ``c`` falls back to the
+    nearest one that does."""
+    if groups is not None and group_size is None and c % groups:
+        g = nearest_divisor(c, groups)
+        return {"groups": g}, f"{c} channels, {g} groups ({groups} does not divide {c})"
+    if group_size is not None and groups is None and c % group_size:
+        s = nearest_divisor(c, group_size)
+        return {"group_size": s}, (
+            f"{c} channels, group size {s} ({group_size} does not divide {c})"
+        )
+    return {"groups": groups, "group_size": group_size}, None
 
 
 def convert(
@@ -115,44 +240,70 @@ def convert(
     """Replace the BatchNorms of ``model`` by ``norm``'s layers (see the module docstring).
 
     Args:
-        model: any model torch.fx can trace (the original is not modified).
+        model: any model torch.fx can trace where it holds BatchNorms (it is copied first and
+            never modified).
         norm: a batch-independent spec: ``gn+pn`` (default), ``ln+pn``, ``gn``, ``ln``...
-        groups, group_size: GroupNorm grouping (see :func:`proxynorm.layers.norm_act`).
+        groups, group_size: GroupNorm grouping (see :func:`proxynorm.layers.norm_act`). A layer
+            whose channel count the value does not divide gets the nearest divisor instead
+            (listed in ``report.regrouped``).
         act: override the activation of converted norm-act layers (default: the one found).
         **norm_kwargs: other options of the norm-act layers (``proxy_eps``, ``n_samples``...).
 
     Returns:
-        ``(converted, report)``: a :class:`torch.fx.GraphModule` in the same train/eval mode,
-        on the same device and dtype, and what was converted or left.
+        ``(converted, report)``: a :class:`torch.fx.GraphModule` in the same train/eval mode
+        (each module's own), on the same device and dtype, that behaves under ``.train()`` and
+        ``.eval()`` as the original does; and what was converted or left.
 
     Raises:
-        ValueError: a batch-dependent target spec, or an unknown spec.
+        ValueError: a batch-dependent target spec, an unknown spec, a layer that cannot be built
+            (the message names it), or train/eval behaviour that conversion cannot keep.
     """
     spec = parse_spec(norm)
     if spec.batch_dependent:
         raise ValueError(f"norm must be batch independent, got {norm!r}")
-    kw = dict(norm_kwargs)
-    if spec.base in ("gn", "evos0"):
-        kw.update(groups=groups, group_size=group_size)
-    gm = fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
-    gm.train(model.training)
-    modules = dict(gm.named_modules())
+    grouped = spec.base in ("gn", "evos0")
+    if not grouped and (groups is not None or group_size is not None):
+        raise ValueError(f"groups/group_size apply to gn and evos0 only, not to {spec.name!r}")
+    for name, value in (("groups", groups), ("group_size", group_size)):
+        bad = isinstance(value, bool) or not isinstance(value, int) or value < 1
+        if value is not None and bad:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    model = copy.deepcopy(model)
+    graph = _trace(model, training=True)
+    diffs = _mode_differences(graph, _trace(model, training=False))
+    gm = fx.GraphModule(model, graph, type(model).__name__)
+    copied = dict(gm.named_modules())
+    for name, m in model.named_modules():  # containers copied by fx take their module's mode
+        if name in copied:
+            copied[name].training = m.training
     report = ConversionReport()
+    _follow_mode(gm, diffs, report)
+    modules = dict(gm.named_modules())
 
     def replace(target: str, bn: nn.Module, activation) -> None:
         """Put the spec's layer (with ``activation``, or the plain norm for ``None``) in place of
-        the BN module at ``target``, carrying its γ, β, device, dtype and mode."""
-        param = next(bn.parameters(), None)
-        param = param if param is not None else next(bn.buffers())
-        layer = norm_act(
-            spec,
-            bn.num_features,
-            activation if activation is not None else "relu",
-            apply_act=activation is not None,
-            **kw,
-        )
-        layer = layer.to(device=param.device, dtype=param.dtype).train(bn.training)
-        _carry_affine(layer, bn.weight, bn.bias)
+        the BN-like module at ``target``, carrying its γ, β, device, dtype and mode."""
+        tensors = [t for t in (*bn.parameters(), *bn.buffers()) if t.is_floating_point()]
+        ref = tensors[0] if tensors else torch.empty(0)
+        c = getattr(bn, "num_features", None) or bn.weight.numel()
+        kw = dict(norm_kwargs)
+        if grouped:
+            g, why = _grouping(c, groups, group_size)
+            kw.update(g)
+            if why:
+                report.regrouped.append(f"{target}: {why}")
+        try:
+            layer = norm_act(
+                spec,
+                c,
+                activation if activation is not None else "relu",
+                apply_act=activation is not None,
+                **kw,
+            )
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"cannot convert {target} ({type(bn).__name__}({c})): {err}") from err
+        layer = layer.to(device=ref.device, dtype=ref.dtype).train(bn.training)
+        _carry_affine(layer, getattr(bn, "weight", None), getattr(bn, "bias", None))
         _set_module(gm, target, layer)
 
     for node in list(gm.graph.nodes):
@@ -162,10 +313,10 @@ def convert(
         if isinstance(m, BatchNormAct2d):  # this package's own BN norm-act layers
             replace(node.target, m, (act or m.act.act_fn) if m.apply_act else None)
             (report.with_act if m.apply_act else report.without_act).append(node.target)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+        elif is_bn_like(m):
             inner = getattr(m, "act", None)  # timm's BatchNormAct2d: BN + act in one module
             if isinstance(inner, nn.Module) and not isinstance(inner, nn.Identity):
-                replace(node.target, m, act or _module_activation(inner) or inner)
+                replace(node.target, m, act or get_act(inner) or inner)
                 report.with_act.append(node.target)
                 continue
             # Look through no-op modules (timm's drop_block / drop_path at rate 0 are Identity).
@@ -182,6 +333,14 @@ def convert(
                 replace(node.target, m, None)
                 why = "several users" if len(users) > 1 else _describe(users, modules)
                 report.without_act.append(f"{node.target} (followed by {why})")
+    _report_left(gm, modules, report)
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm, report
+
+
+def _report_left(gm: fx.GraphModule, modules: dict[str, nn.Module], report) -> None:
     for node in gm.graph.nodes:
         found = _activation(node, modules)
         if found is not None:
@@ -192,10 +351,11 @@ def convert(
             modules.get(node.target), nn.GroupNorm | nn.LayerNorm | nn.InstanceNorm2d
         ):
             report.left.append(f"{node.target}: already batch independent")
-    gm.graph.lint()
-    gm.delete_all_unused_submodules()
-    gm.recompile()
-    return gm, report
+        elif node.op == "get_attr" and str(node.target).startswith("_tensor_constant"):
+            report.left.append(
+                f"{node.target}: a tensor computed while tracing {_owner(node) or 'the model'} "
+                "and frozen into the graph"
+            )
 
 
 def _is_identity(node: fx.Node, modules: dict[str, nn.Module]) -> bool:

@@ -11,7 +11,8 @@ from proxynorm.timm import GroupNormProxyAct, LayerNormProxyAct
 def test_timm_signature_layers():
     layer = GroupNormProxyAct(32, 4, act_layer=nn.SiLU, inplace=True)
     assert isinstance(layer, GroupNormAct) and layer.proxy and layer.norm.groups == 4
-    assert layer.act.act_name == "SiLU"
+    assert layer.act.act_name == "silu" and layer.act.uses_fused  # nn.SiLU -> the registry's
+    assert GroupNormProxyAct(32).act.uses_fused  # timm's default act_layer=nn.ReLU
     assert GroupNormProxyAct(32, group_size=8).norm.groups == 4
     plain = GroupNormProxyAct(32, apply_act=False)
     x = torch.randn(2, 32, 4, 4)

@@ -4,7 +4,7 @@ Labatie et al., "Proxy-Normalizing Activations to Match Batch Normalization whil
 Dependence", NeurIPS 2021. Imports only torch, so it can be used inside anyone's model.
 """
 
-from proxynorm.layers.activation import ACTIVATIONS, resolve_act
+from proxynorm.layers.activation import ACTIVATIONS, Act, get_act, resolve_act
 from proxynorm.layers.batch_norm import (
     BatchNormAct2d,
     BatchNormStep,
@@ -23,6 +23,7 @@ from proxynorm.layers.ws_conv import WSConv2d
 
 __all__ = [
     "ACTIVATIONS",
+    "Act",
     "KNOWN_SPECS",
     "NORM_ACT_LAYERS",
     "AffineAct",
@@ -43,6 +44,7 @@ __all__ = [
     "WSConv2d",
     "conv2d",
     "convert_sync_batchnorm",
+    "get_act",
     "is_norm_act",
     "norm_act",
     "parse_spec",

@@ -17,45 +17,19 @@ with hand-derived gradients:
 
 With ``groups`` set, the Function also does the GroupNorm step before it (GN, LN = 1 group,
 IN = C groups) through PyTorch's native ``native_group_norm`` kernels, so a GN+PN layer makes the
-same passes over memory as GN + ReLU plus one. For positively homogeneous φ (ReLU, identity),
-r > 0 is folded into the norm's affine: ``out = max(γr·y + (β−m)r, −mr)``.
+same passes over memory as GN + ReLU plus one. For positively homogeneous φ (ReLU, LeakyReLU,
+identity), r > 0 is folded into the norm's affine: ``out = φ(γr·y + βr) − mr``, for ReLU
+``max(γr·y + (β−m)r, −mr)``. Every activation of the registry (:mod:`.activation`) takes this
+path: φ' comes from the same aten kernels autograd uses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from proxynorm.layers.activation import Act, get_act
 from proxynorm.layers.precision import upcast
-
-#: φ(c·u) = c·φ(u) for c > 0: r folds into the affine, and Σ g φ(u) = γ ∂γ' + β ∂β' (no extra
-#: pass). The folded inference form uses the same set.
-HOMOGENEOUS_ACTS = {"relu", "identity", "linear"}
-
-
-def _relu_grad(g: Tensor, u: Tensor) -> Tensor:
-    return torch.ops.aten.threshold_backward(g, u, 0.0)
-
-
-def _identity_grad(g: Tensor, u: Tensor) -> Tensor:
-    return g
-
-
-# φ (allowed to work in place on a fresh tensor) and (g, u) ↦ g φ'(u).
-_ACTS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor], Tensor]]] = {
-    "relu": (torch.relu_, _relu_grad),
-    "identity": (lambda u: u, _identity_grad),
-    "linear": (lambda u: u, _identity_grad),
-    "silu": (lambda u: F.silu(u, inplace=True), torch.ops.aten.silu_backward),
-    "swish": (lambda u: F.silu(u, inplace=True), torch.ops.aten.silu_backward),
-    "gelu": (F.gelu, torch.ops.aten.gelu_backward),
-}
-
-#: Activation names the fused Function supports (others use the reference path).
-FUSED_ACTS = frozenset(_ACTS)
 
 
 def _dense(x: Tensor) -> Tensor:
@@ -92,14 +66,14 @@ def proxy_statistics(
     proxy_weight: Tensor | None,
     proxy_bias: Tensor | None,
     quantiles: Tensor,
-    act: str,
+    act: Act,
     proxy_eps: float,
     scale: bool,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[Tensor, Tensor]:
     """The proxy mean m and r = 1/sqrt(var + eps) (ones without ``scale``), each (C,), in
     ``dtype`` (no autograd graph is recorded by the fused Function; see its backward)."""
-    z = _ACTS[act][0](
+    z = act.apply_(
         _proxy_u(*_proxy_affine(weight, bias, proxy_weight, proxy_bias, dtype), quantiles.to(dtype))
     )
     # Two-pass population variance: torch.var_mean over 256-wide rows is much slower on CPU.
@@ -110,28 +84,31 @@ def proxy_statistics(
     return mean, r
 
 
-def _step(x: Tensor, w, b, m, r, act: str, groups: int | None, eps: float):
-    """The input-sized forward: ``(out, group stats)``, in x's (upcast) compute dtype."""
-    xf = _dense(x)
+def _norm_affine(xf: Tensor, w: Tensor, b: Tensor, groups: int | None, eps: float, shape):
+    """``(w y + b, group stats)`` with ``y = xf`` or ``GroupNorm(xf, groups)`` (native kernel)."""
+    if groups is None:
+        return _affine(xf, w, b, shape), []
     n, c = xf.shape[0], xf.shape[1]
     hw = xf.numel() // max(n * c, 1)
-    shape = (1, c) + (1,) * (x.dim() - 2)
+    out, *stats = torch.ops.aten.native_group_norm(xf, w, b, n, c, hw, groups, eps)
+    return out, stats
+
+
+def _step(x: Tensor, w, b, m, r, act: Act, groups: int | None, eps: float):
+    """The input-sized forward: ``(out, group stats)``, in x's (upcast) compute dtype."""
+    xf = _dense(x)
+    shape = (1, xf.shape[1]) + (1,) * (x.dim() - 2)
     mr = m * r
-    stats: list[Tensor] = []
-    if act in HOMOGENEOUS_ACTS:
-        wr, br = w * r, b * r - mr
-        if groups is None:
-            out = _affine(xf, wr, br, shape)
-        else:
-            out, *stats = torch.ops.aten.native_group_norm(xf, wr, br, n, c, hw, groups, eps)
-        if act == "relu":
+    if act.name in ("identity", "relu"):  # − mr inside the affine; ReLU clamps at − mr
+        out, stats = _norm_affine(xf, w * r, b * r - mr, groups, eps, shape)
+        if act.name == "relu":
             out.clamp_min_((-mr).view(shape))
+    elif act.homogeneous:  # φ(u r) = φ(u) r
+        out, stats = _norm_affine(xf, w * r, b * r, groups, eps, shape)
+        act.apply_(out).sub_(mr.view(shape))
     else:
-        if groups is None:
-            u = _affine(xf, w, b, shape)
-        else:
-            u, *stats = torch.ops.aten.native_group_norm(xf, w, b, n, c, hw, groups, eps)
-        out = _affine(_ACTS[act][0](u), r, -mr, shape)
+        u, stats = _norm_affine(xf, w, b, groups, eps, shape)
+        out = _affine(act.apply_(u), r, -mr, shape)
     return out, stats
 
 
@@ -183,26 +160,22 @@ class _ProxyNormActFunction(torch.autograd.Function):
         # --- main path. go = g φ'(u), the gradient at the affine output (r folded into γ).
         # Input-sized temporaries are few and reused in place: on CPU each fresh one costs page
         # faults comparable to the arithmetic.
-        if act == "relu":
-            # u > 0 exactly where out was not clamped at −mr, i.e. where out + mr > 0;
-            # threshold_backward is ReLU's own kernel (torch.where is ~10x slower on CPU).
+        if act.name == "identity":
+            go = gf
+        elif act.homogeneous:
+            # φ'(u) depends on the sign of u only, which is the sign of out + mr = φ(u) r.
             if out.dtype == cdt:
                 shifted = out + (m * r).view(shape)
             else:  # a low-precision output would blur the mask: recompute u r in float32
-                wr, br = w * r, b * r
-                if groups is None:
-                    shifted = _affine(xf, wr, br, shape)
-                else:
-                    shifted = torch.ops.aten.native_group_norm(xf, wr, br, n, c, hw, groups, eps)[0]
-            go = torch.ops.aten.threshold_backward.grad_input(gf, shifted, 0.0, grad_input=shifted)
-        elif act in HOMOGENEOUS_ACTS:
-            go = gf
-        else:
-            if groups is None:
-                u = _affine(xf, w, b, shape)
+                shifted = _norm_affine(xf, w * r, b * r, groups, eps, shape)[0]
+            if act.name == "relu":  # ReLU's own kernel, writing into shifted (no new tensor)
+                go = torch.ops.aten.threshold_backward.grad_input(
+                    gf, shifted, 0.0, grad_input=shifted
+                )
             else:
-                u = torch.ops.aten.native_group_norm(xf, w, b, n, c, hw, groups, eps)[0]
-            go = _ACTS[act][1](gf, u)
+                go = act.grad(gf, shifted)
+        else:
+            go = act.grad(gf, _norm_affine(xf, w, b, groups, eps, shape)[0])
 
         wr = w * r
         gx = None
@@ -227,7 +200,7 @@ class _ProxyNormActFunction(torch.autograd.Function):
             )
         gsum = _sum_but_channels(gf)
         grad_m = -r * gsum
-        if act in HOMOGENEOUS_ACTS:
+        if act.homogeneous:  # Σ g φ(u) = Σ g φ'(u) u (Euler): no extra pass
             grad_r = w * gw + b * gb - m * gsum
         else:
             grad_r = _sum_but_channels(gf * upcast(out)) / r
@@ -237,13 +210,13 @@ class _ProxyNormActFunction(torch.autograd.Function):
         # A = γ (1 + γ~), B = β + γ β~: ∂A = Σ_i ∂u~_i q_i, ∂B = Σ_i ∂u~_i.
         q = quantiles.to(cdt)
         util = _proxy_u(*_proxy_affine(weight, bias, proxy_weight, proxy_bias, cdt), q)
-        ztil = _ACTS[act][0](util.clone())
+        ztil = act.apply_(util.clone())
         k = q.numel()
         grad_v = -0.5 * r.pow(3) * grad_r if ctx.scale else torch.zeros_like(r)
         dz = torch.addcmul(
             (grad_m / k).unsqueeze(1), ztil - m.unsqueeze(1), (2.0 / k * grad_v).unsqueeze(1)
         )
-        du = _ACTS[act][1](dz, util)
+        du = act.grad(dz, util)
         grad_bb, grad_a = du.sum(1), torch.mv(du, q)
         grad_w = grad_w + (
             grad_a if proxy_weight is None else grad_a * (1.0 + proxy_weight.to(cdt))
@@ -281,7 +254,7 @@ def fused_proxy_norm_act(
     proxy_weight: Tensor | None,
     proxy_bias: Tensor | None,
     quantiles: Tensor,
-    act: str = "relu",
+    act: Act | str = "relu",
     proxy_eps: float = 0.03,
     scale: bool = True,
     groups: int | None = None,
@@ -297,7 +270,7 @@ def fused_proxy_norm_act(
         weight, bias: γ, β, shape (C,).
         proxy_weight, proxy_bias: γ~, β~ (C,), or ``None`` for zero.
         quantiles: the standard-normal quantiles (n,).
-        act: a name in :data:`FUSED_ACTS`.
+        act: an activation the registry knows (:func:`~proxynorm.layers.activation.get_act`).
         proxy_eps: PN's stability constant; ``scale=False`` only subtracts the proxy mean.
         groups, eps: the GroupNorm to apply to ``x`` first (``groups=None``: none).
         stats: precomputed ``(m, r)`` from :func:`proxy_statistics`, for inference only (no
@@ -306,8 +279,10 @@ def fused_proxy_norm_act(
     Returns:
         A tensor of ``x``'s shape and dtype (statistics in at least float32).
     """
-    if act not in FUSED_ACTS:
-        raise ValueError(f"no fused path for act {act!r}; fused activations: {sorted(FUSED_ACTS)}")
+    known = get_act(act)
+    if known is None:
+        raise ValueError(f"no fused path for act {act!r}: not in the activation registry")
+    act = known
     # Statistics stay in float32 even under autocast (which would recast the native GN kernels).
     with torch.autocast(x.device.type, enabled=False):
         if stats is not None:

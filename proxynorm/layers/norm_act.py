@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from proxynorm.layers.activation import Activation, act_name, inplace_act, resolve_act
+from proxynorm.layers.activation import Act, Activation, act_name, resolve_act
 from proxynorm.layers.proxy_norm import ProxyNormAct
 from proxynorm.layers.validation import check_input, check_num_features
 
@@ -52,7 +52,6 @@ class AffineAct(nn.Module):
         self.num_features = check_num_features(num_features)
         self.act_name = act_name(act)
         self.act_fn = resolve_act(act)
-        self._act_inplace = inplace_act(act)
         self.weight = nn.Parameter(torch.ones(num_features, device=device, dtype=dtype))
         if bias:
             self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
@@ -66,8 +65,14 @@ class AffineAct(nn.Module):
             nn.init.zeros_(self.bias)
 
     def activate_(self, t: Tensor) -> Tensor:
-        """φ applied to a freshly computed tensor, in place when φ has an in-place form."""
-        return self._act_inplace(t) if self._act_inplace is not None else self.act_fn(t)
+        """φ applied to a freshly computed tensor, in place when φ has an in-place form that
+        autograd allows."""
+        fn = self.act_fn
+        return fn.apply_(t) if isinstance(fn, Act) and fn.autograd_inplace else fn(t)
+
+    def after(self, norm: NormStep, x: Tensor) -> Tensor:
+        """``norm`` then this step: the affine inside the norm's native kernel, φ in place."""
+        return self.activate_(norm.forward_affine(x, self.weight, self.bias))
 
     def forward(self, y: Tensor) -> Tensor:
         check_input(y, self.num_features, type(self).__name__)
@@ -176,17 +181,11 @@ class NormAct(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, self.num_features, type(self).__name__, self._min_dim)
-        if self.norm._forward_hooks or self.norm._forward_pre_hooks:
+        if _hooked(self.norm) or _hooked(self.act):  # hooks see y and z: the steps run apart
             return self.act(self.norm(x))
-        if isinstance(self.act, AffineAct):
-            return self.act.activate_(self.norm.forward_affine(x, self.act.weight, self.act.bias))
-        if hasattr(self.act, "finish"):  # FoldedProxyAct: the norm's kernel does the affine
-            return self.act.finish(self.norm.forward_affine(x, self.act.weight, self.act.bias))
-        groups = self.norm.fused_groups()
-        if (
-            groups is not None
-            and getattr(self.act, "uses_fused", False)
-            and not self.act._forward_hooks
-        ):
-            return self.act.forward_group_norm(x, groups, self.norm.eps)
-        return self.act(self.norm(x))
+        # Every activation step implements after(norm, x): the two steps, fused where it can.
+        return self.act.after(self.norm, x)
+
+
+def _hooked(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks)

@@ -21,8 +21,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from proxynorm.layers.activation import Activation, act_name, resolve_act
-from proxynorm.layers.fused_proxy_norm import FUSED_ACTS, fused_proxy_norm_act, proxy_statistics
+from proxynorm.layers.activation import Act, Activation, act_name, resolve_act
+from proxynorm.layers.fused_proxy_norm import fused_proxy_norm_act, proxy_statistics
 from proxynorm.layers.validation import check_input, check_num_features, check_positive
 
 
@@ -148,8 +148,11 @@ class ProxyNormAct(nn.Module):
 
     Args:
         num_features: number of channels C.
-        act: activation φ: ``"relu"``, ``"silu"``/``"swish"``, ``"gelu"``, ``"leaky_relu"``,
-            ``"identity"``, an ``nn.Module`` (class or instance) or any callable.
+        act: activation φ: a name (``"relu"``, ``"relu6"``, ``"leaky_relu"``, ``"silu"``,
+            ``"gelu"``, ``"hardswish"``, ``"mish"``...), a function (``F.relu6``), an
+            ``nn.Module`` class or instance; all resolve to one canonical activation
+            (:func:`~proxynorm.layers.activation.get_act`). Any other callable runs the
+            reference path.
         eps: stability constant added to the proxy variance (0.03 in the paper; must be > 0).
         n_samples: number of proxy quantiles (256 in the paper's Appendix B; must be >= 2).
         proxy_affine: learn β~ (``proxy_bias``) and γ~ (``proxy_weight``), both initialised to 0;
@@ -158,8 +161,9 @@ class ProxyNormAct(nn.Module):
             setting for the step just before final global pooling).
         fused: run the input-sized work in one ``autograd.Function`` that saves only its input
             and recomputes the rest in backward (:mod:`proxynorm.layers.fused_proxy_norm`), for
-            the activations in ``FUSED_ACTS``; ``False`` (or another φ) runs the reference
-            composition of PyTorch ops. Both give the same values and gradients.
+            every activation of the registry; ``False`` (or a callable the registry does not
+            know) runs the reference composition of PyTorch ops. Both give the same values and
+            gradients.
 
     In eval mode without gradients, the proxy statistics are computed once and reused until a
     parameter changes (in-place updates and ``load_state_dict`` included) or ``train()`` is called.
@@ -236,15 +240,15 @@ class ProxyNormAct(nn.Module):
 
     @property
     def uses_fused(self) -> bool:
-        """Whether forward runs the fused Function (``fused`` and a supported φ)."""
-        return self.fused and self.act_name in FUSED_ACTS
+        """Whether forward runs the fused Function (``fused`` and a φ of the registry)."""
+        return self.fused and isinstance(self.act_fn, Act)
 
     def train(self, mode: bool = True) -> ProxyNormAct:
         self._stats_cache = None
         return super().train(mode)
 
     def pn_args(self) -> tuple:
-        """``(γ, β, γ~, β~, quantiles, act name, eps, scale)``: the arguments of
+        """``(γ, β, γ~, β~, quantiles, act, eps, scale)``: the arguments of
         :func:`~proxynorm.layers.fused_proxy_norm.fused_proxy_norm_act` and ``proxy_statistics``."""
         return (
             self.weight,
@@ -252,7 +256,7 @@ class ProxyNormAct(nn.Module):
             self.proxy_weight,
             self.proxy_bias,
             self.quantiles,
-            self.act_name,
+            self.act_fn,
             self.eps,
             self.scale,
         )
@@ -277,7 +281,7 @@ class ProxyNormAct(nn.Module):
         ``scale``) of the current parameters, shape ``(C,)``, in at least float32: the
         constants of this step in eval mode, ``z~ = (φ(γ y + β) − m) · r``."""
         dtype = torch.promote_types(self.weight.dtype, torch.float32)
-        if self.act_name in FUSED_ACTS:
+        if isinstance(self.act_fn, Act):
             return proxy_statistics(*self.pn_args(), dtype)
         m, v = self.proxy_moments()
         return m, torch.rsqrt(v + self.eps) if self.scale else torch.ones_like(v)
@@ -292,11 +296,13 @@ class ProxyNormAct(nn.Module):
             stats=None if needs_graph else self._cached_stats(),
         )
 
-    def forward_group_norm(self, x: Tensor, groups: int, eps: float) -> Tensor:
-        """GroupNorm(``groups``, ``eps``) of ``x`` then this step, fused (requires
-        :attr:`uses_fused`): the GN+PN layer saves only ``x``, per-group statistics and its
-        output."""
-        return self._fused(x, groups, eps)
+    def after(self, norm: nn.Module, x: Tensor) -> Tensor:
+        """``norm`` then this step. A GroupNorm step (GN, LN, IN) and the fused path run as one
+        autograd node that saves only ``x``, per-group statistics and its output."""
+        groups = norm.fused_groups()
+        if groups is not None and self.uses_fused:
+            return self._fused(x, groups, norm.eps)
+        return self(norm(x))
 
     def forward(self, y: Tensor) -> Tensor:
         check_input(y, self.num_features, type(self).__name__)

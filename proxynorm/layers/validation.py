@@ -43,6 +43,9 @@ def resolve_groups(
     """
     if groups is not None and group_size is not None:
         raise ValueError("give groups or group_size, not both")
+    for name, value in (("groups", groups), ("group_size", group_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
     if group_size is not None:
         if group_size < 1 or num_features % group_size:
             raise ValueError(

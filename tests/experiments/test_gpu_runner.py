@@ -83,7 +83,8 @@ def test_run_on_cpu_writes_the_cpu_runs_json_and_one_archive(tmp_path):
         "--pack", str(tmp_path / "p.npz"), "--data-dir", str(tmp_path / "rebuilt.zip"),
         "--results", str(results), "--archive", str(archive),
         # unknown to the runner: passed to `proxynorm train`
-        "--epochs", "1", "--batch-size", "8", "--width-mult", "0.25", "--probe", "8", "--groups", "2",
+        "--epochs", "1", "--batch-size", "8", "--width-mult", "0.25", "--probe", "8",
+        "--groups", "2",
     ]  # fmt: skip
     env = {"PROXYNORM_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(run, capture_output=True, text=True, env=env, timeout=600)

@@ -34,8 +34,8 @@ def test_spec_type():
 
 
 def test_unknown_activation():
-    with pytest.raises(ValueError, match="unknown act 'relu6'; valid activations: relu"):
-        ProxyNormAct(8, act="relu6")
+    with pytest.raises(ValueError, match="unknown act 'relu7'; valid activations: identity, relu"):
+        ProxyNormAct(8, act="relu7")
     with pytest.raises(ValueError, match="unknown act"):
         norm_act("gn", 8, act="tanhh")
     with pytest.raises(TypeError, match="act must be"):

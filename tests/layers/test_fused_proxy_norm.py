@@ -3,15 +3,18 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.autograd import gradcheck
 
 from proxynorm.bench import saved_bytes, set_fused
 from proxynorm.layers import ProxyNormAct, norm_act
-from proxynorm.layers.fused_proxy_norm import FUSED_ACTS, fused_proxy_norm_act
+from proxynorm.layers.activation import ACTIVATIONS, get_act
+from proxynorm.layers.fused_proxy_norm import fused_proxy_norm_act
 from proxynorm.layers.proxy_norm import proxy_norm_act, proxy_quantiles
 from proxynorm.models import create_model
 
-ACTS = ["relu", "silu", "gelu", "identity"]
+# Every activation of the registry, and non-default parameters of the parametrized ones.
+ACTS = [*ACTIVATIONS, "gelu_tanh", nn.LeakyReLU(0.2), nn.LeakyReLU(-0.1), nn.ELU(0.5)]
 
 
 def _inputs(c=6, affine=True, dtype=torch.float64, seed=0):
@@ -38,7 +41,7 @@ def test_fused_matches_reference_float64(act, affine, scale, groups):
     q = proxy_quantiles(32)
     args = _inputs(affine=affine)
     ref = _reference(*args, act, scale, groups, q)
-    out = fused_proxy_norm_act(*args, q, act, 0.03, scale, groups, 1e-5)
+    out = fused_proxy_norm_act(*args, q, get_act(act), 0.03, scale, groups, 1e-5)
     grad = torch.randn_like(ref)
     inputs = [a for a in args if a is not None]
     expected = torch.autograd.grad(ref, inputs, grad)
@@ -57,7 +60,7 @@ def test_gradcheck_fused_function(act, groups, scale):
     x = x.detach()[:2, :, :3, :3].requires_grad_()
 
     def fn(x, w, b, pw, pb):
-        return fused_proxy_norm_act(x, w, b, pw, pb, q, act, 0.03, scale, groups, 1e-5)
+        return fused_proxy_norm_act(x, w, b, pw, pb, q, get_act(act), 0.03, scale, groups, 1e-5)
 
     assert gradcheck(fn, (x, w, b, pw, pb))
 
@@ -99,15 +102,16 @@ def test_channels_last_and_2d_inputs():
     torch.testing.assert_close(layer(x2), ref(x2))
 
 
-def test_fused_is_the_default_and_falls_back_for_other_activations():
+def test_fused_is_the_default_for_every_registered_activation_given_any_way():
     assert ProxyNormAct(4).uses_fused and "fused=True" in repr(ProxyNormAct(4))
-    assert not ProxyNormAct(4, act="leaky_relu").uses_fused
+    for act in ("leaky_relu", "relu6", "hardswish", nn.ReLU, nn.ReLU6(), F.hardswish, nn.Mish):
+        assert ProxyNormAct(4, act=act).uses_fused, act
     assert not ProxyNormAct(4, fused=False).uses_fused
-    assert {"relu", "silu", "gelu", "identity"} <= FUSED_ACTS
+    clamp = lambda u: u.clamp(-1, 1)  # noqa: E731 (a callable the registry does not know)
+    assert not ProxyNormAct(4, act=clamp).uses_fused
     with pytest.raises(ValueError, match="no fused path"):
-        fused_proxy_norm_act(
-            torch.randn(2, 4), *torch.ones(2, 4), None, None, proxy_quantiles(8), "tanh"
-        )
+        q = proxy_quantiles(8)
+        fused_proxy_norm_act(torch.randn(2, 4), *torch.ones(2, 4), None, None, q, clamp)
 
 
 def test_hook_on_the_norm_step_still_sees_y():
