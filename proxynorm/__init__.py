@@ -8,12 +8,16 @@ from proxynorm.conversion import ConversionReport, convert
 from proxynorm.folding import FoldReport, fold
 from proxynorm.layers import NormSpec, ProxyNormAct, norm_act, parse_spec
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+#: The distribution (``pip install torch-proxynorm``). Not the unrelated ``proxynorm`` package on
+#: the public index, which also imports as ``proxynorm`` and has no ``__distribution__``.
+__distribution__ = "torch-proxynorm"
 __all__ = [
     "ConversionReport",
     "FoldReport",
     "NormSpec",
     "ProxyNormAct",
+    "__distribution__",
     "__version__",
     "convert",
     "fold",

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from proxynorm import __version__
+from proxynorm import __distribution__, __version__
 
 
 def _cmd_specs(args: argparse.Namespace) -> int:
@@ -39,6 +39,31 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 DEFAULT_DATA = "../shared/data/cifar10-jpeg.zip"
+
+
+def _at_least(k: int):
+    """An argparse type: an int >= ``k`` (argparse then exits 2 with the flag's name)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {k}, got {text!r}") from None
+        if value < k:
+            raise argparse.ArgumentTypeError(f"must be >= {k}, got {value}")
+        return value
+
+    return parse
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
 
 
 def _random_net_config(args: argparse.Namespace):
@@ -93,16 +118,18 @@ def _cmd_theory(args: argparse.Namespace) -> int:
 
 def _add_random_net_args(p: argparse.ArgumentParser, out: str) -> None:
     g = p.add_argument_group("random nets (Definition 1)")
-    g.add_argument("--depth", type=int, default=50)
-    g.add_argument("--width", type=int, default=128)
+    g.add_argument("--depth", type=_at_least(1), default=50)
+    g.add_argument("--width", type=_at_least(1), default=128)
     g.add_argument("--act", default="relu", help="activation φ (relu, silu, gelu, identity...)")
-    g.add_argument("--kernel-size", type=int, default=3)
-    g.add_argument("--gamma-std", type=float, default=0.2, help="γ ~ N(1, gamma_std²)")
-    g.add_argument("--beta-std", type=float, default=0.2, help="β ~ N(0, beta_std²)")
-    g.add_argument("--first-stride", type=int, default=2)
-    g.add_argument("--realizations", type=int, default=10, help="independent random nets")
-    g.add_argument("--seed", type=int, default=0, help="seed of realization 0 and of the inputs")
-    p.add_argument("--batch", type=int, default=128, help="number of input images")
+    g.add_argument("--kernel-size", type=_at_least(1), default=3)
+    g.add_argument("--gamma-std", type=_non_negative, default=0.2, help="γ ~ N(1, gamma_std²)")
+    g.add_argument("--beta-std", type=_non_negative, default=0.2, help="β ~ N(0, beta_std²)")
+    g.add_argument("--first-stride", type=_at_least(1), default=2)
+    g.add_argument("--realizations", type=_at_least(1), default=10, help="independent random nets")
+    g.add_argument(
+        "--seed", type=_at_least(0), default=0, help="seed of realization 0 and of the inputs"
+    )
+    p.add_argument("--batch", type=_at_least(2), default=128, help="number of input images (>= 2)")
     p.add_argument(
         "--data",
         default=DEFAULT_DATA,
@@ -120,31 +147,6 @@ _TYPES = {
     "str | None": str,
     "list[float]": lambda s: [float(v) for v in s.split(",") if v.strip()],
 }
-_TRAIN_HELP = {
-    "model": "model name (see create_model)",
-    "norm": "norm spec, e.g. bn, gn, gn+pn, ln+pn",
-    "data": "cifar10, cifar100 or imagefolder",
-    "data_dir": "official CIFAR folder (downloaded there when missing), or an image-folder tree "
-    "or zip such as ../shared/data/cifar10-jpeg.zip",
-    "subset": "train on a class-balanced subset of N images",
-    "recipe": "cifar, imagenet-resnet, efficientnet, or a YAML file",
-    "extra_reg": "the recipe's extra "
-    "regularization (label smoothing, dropout, stochastic depth / Mixup)",
-    "lr": "learning rate, used as given (the recipe's lr is scaled linearly to the global batch)",
-    "epochs": "epochs (the recipe's milestones and warmup are scaled to it)",
-    "amp": "mixed precision: auto (on for CUDA), off, bf16, fp16",
-    "probe": "power decomposition of N fixed test images every epoch (0: off)",
-    "compile": "torch.compile the training step: off, default, reduce-overhead, max-autotune",
-    "milestones": "comma-separated epochs of lr decay",
-    "device": "cpu, cuda or auto",
-    "batch_size": "images per step per process (under torchrun: per rank)",
-    "global_batch": "images per step over all torchrun processes (the per-process batch is "
-    "global_batch / world size)",
-    "sync_bn": "BN statistics over the global batch (SyncBatchNorm) under torchrun",
-    "dist_timeout": "seconds a process waits for a peer before failing (torchrun)",
-}
-
-
 def _add_train_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One flag per TrainConfig field; unset flags keep the recipe's (or default) value."""
     from dataclasses import MISSING, fields
@@ -157,7 +159,9 @@ def _add_train_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> N
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else f.default_factory()
-        help_text = f"{_TRAIN_HELP.get(f.name, '')} (default {default})".strip()
+        check = f.metadata.get("check")
+        allowed = f"; {check.text}" if getattr(check, "text", None) else ""
+        help_text = f"{f.metadata.get('help', '')} (default {default}{allowed})".strip()
         if f.type == "bool":
             g.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
@@ -243,11 +247,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from proxynorm.export import export_model
     from proxynorm.models import load_model
 
+    suffix = ".onnx" if args.format == "onnx" else ".torchscript.pt"
+    out = Path(args.out or Path(args.checkpoint).with_suffix(suffix))
+    if out.resolve() == Path(args.checkpoint).resolve():
+        raise ValueError(f"--out {out} is the input checkpoint; refusing to write over it")
+    if out.exists() and not args.force:
+        raise FileExistsError(f"{out} exists; pass --force to overwrite it")
     model = load_model(args.checkpoint)
     size = args.image_size
     example = torch.randn(1, 3, size, size)
-    suffix = ".onnx" if args.format == "onnx" else ".torchscript.pt"
-    out = args.out or str(Path(args.checkpoint).with_suffix(suffix))
     path = export_model(model, out, example, args.format, fold_pn=not args.no_fold)
     print(f"wrote {path} ({args.format}, input 1x3x{size}x{size}, batch dimension dynamic)")
     return 0
@@ -259,7 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Proxy Normalization (Labatie et al., NeurIPS 2021): batch-independent "
         "normalization that matches BatchNorm.",
     )
-    parser.add_argument("--version", action="version", version=f"proxynorm {__version__}")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"{__distribution__} {__version__} (import name proxynorm; Proxy Normalization, "
+        "Labatie et al., NeurIPS 2021)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("specs", help="list the norm specs the factory accepts")
@@ -269,11 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--specs", default="bn,ln,ln+pn,gn,gn+pn,in,evos0,frn", help="comma-separated norm specs"
     )
-    p.add_argument("--depth", type=int, default=30)
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--size", type=int, default=16, help="input height and width")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--depth", type=_at_least(1), default=30)
+    p.add_argument("--width", type=_at_least(1), default=64)
+    p.add_argument(
+        "--batch",
+        type=_at_least(2),
+        default=16,
+        help="inputs (>= 2: batch dependence is measured by changing the other inputs)",
+    )
+    p.add_argument("--size", type=_at_least(1), default=16, help="input height and width")
+    p.add_argument("--seed", type=_at_least(0), default=0)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("power", help="power plots of random nets or trained checkpoints (Fig. 2)")
@@ -301,11 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="resnet20,resnet50",
         help="resnet20 (batch 128), resnet20-b8 (batch 8), resnet50 (batch 16)",
     )
-    p.add_argument("--repeats", type=int, default=10, help="timed rounds per model (>= 10)")
+    p.add_argument("--repeats", type=_at_least(1), default=10, help="timed rounds per model")
     p.add_argument(
         "--compile", default="", help="models to also time under torch.compile (e.g. resnet20)"
     )
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch default)")
+    p.add_argument(
+        "--threads", type=_at_least(0), default=0, help="torch threads (0: PyTorch default)"
+    )
     p.add_argument("--out", default="runs/bench", help="output directory (JSON + Markdown)")
     p.set_defaults(func=_cmd_bench)
 
@@ -313,8 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a proxynorm checkpoint (.pt)")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     p.add_argument("--out", help="output file (default: the checkpoint with .onnx / .pt)")
-    p.add_argument("--image-size", type=int, default=32, help="input height and width")
+    p.add_argument("--image-size", type=_at_least(1), default=32, help="input height and width")
     p.add_argument("--no-fold", action="store_true", help="export without folding PN")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("train", help="train one model with one norm")
@@ -326,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="train several norms x seeds and summarize")
     p.add_argument("--out", required=True, help="directory of the comparison")
     p.add_argument("--norms", default="bn,gn,gn+pn,ln,ln+pn", help="comma-separated norm specs")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds, from --seed on")
+    p.add_argument(
+        "--seeds", type=_at_least(1), default=3, help="number of seeds, from --seed on"
+    )
     _add_train_args(p, skip=("norm",))
     p.set_defaults(func=_cmd_compare)
     return parser
@@ -340,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, TypeError, ImportError, FileNotFoundError, FileExistsError) as err:
         print(f"proxynorm: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:  # e.g. TrainingDiverged: the message says what is kept

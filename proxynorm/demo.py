@@ -43,7 +43,13 @@ def run_demo(
     size: int = 16,
     seed: int = 0,
 ) -> list[DemoRow]:
-    """Measure each spec on a random net (see module docstring); returns one row per spec."""
+    """Measure each spec on a random net (see module docstring); returns one row per spec.
+
+    Raises:
+        ValueError: ``batch`` < 2 (batch dependence is measured by changing the other inputs).
+    """
+    if batch < 2:
+        raise ValueError(f"batch must be >= 2 to measure batch dependence, got {batch}")
     rows = []
     for spec in specs:
         start = time.perf_counter()

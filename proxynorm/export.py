@@ -1,6 +1,7 @@
 """Deployment: fold PN for inference, then export to ONNX or TorchScript.
 
-``onnx`` (and ``onnxruntime`` to check the result) are optional: ``pip install proxynorm[export]``.
+``onnx``, ``onnxscript`` (and ``onnxruntime`` to check the result) are optional:
+``pip install -e ".[export]"`` (this project is distributed as ``torch-proxynorm``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def export_model(
         format: ``onnx`` or ``torchscript`` (traced).
 
     Raises:
-        ValueError: unknown format. ImportError: ``onnx`` is not installed.
+        ValueError: unknown format. ImportError: ``onnx`` / ``onnxscript`` are not installed
+            (the message says which extra to install).
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
@@ -47,7 +49,14 @@ def export_model(
                 traced = torch.jit.trace(deployed, example)
             traced.save(str(path))
         else:
-            import onnx  # noqa: F401  (a clear ImportError when the extra is missing)
+            try:
+                import onnx  # noqa: F401
+                import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+            except ImportError as err:
+                raise ImportError(
+                    f"ONNX export needs {err.name}: pip install -e \".[export]\" (onnx, "
+                    "onnxruntime, onnxscript)"
+                ) from None
 
             torch.onnx.export(
                 deployed,

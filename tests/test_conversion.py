@@ -400,7 +400,7 @@ def test_real_models_keep_train_and_eval_behaviour(lib, name, kw, mode):
 
 
 def test_real_frozen_bn_detection_backbone():
-    tv = pytest.importorskip("torchvision")
+    pytest.importorskip("torchvision")
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
     from torchvision.ops import FrozenBatchNorm2d as TorchvisionFrozenBN
 

@@ -29,6 +29,14 @@ class RandomNetConfig:
     first_stride: int = 2
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("depth", "width", "kernel_size", "first_stride"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("gamma_std", "beta_std"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
     def build(self, norm: str, realization: int) -> torch.nn.Module:
         """Realization ``r`` of a random net with ``norm``, in train mode (batch statistics)."""
         return create_model(
@@ -54,6 +62,8 @@ def over_realizations(
     progress: tqdm | None = None,
 ) -> list[list[Any]]:
     """``reduce(y^l, z^l)`` per layer of ``realizations`` random nets, as [realization][layer]."""
+    if realizations < 1:
+        raise ValueError(f"realizations must be >= 1, got {realizations}")
     out = []
     for r in range(realizations):
         out.append(record_layer_io(config.build(norm, r), inputs, reduce))

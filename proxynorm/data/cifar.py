@@ -86,6 +86,7 @@ def download(url: str, dest: str | Path, md5: str) -> Path:
         OSError: the download failed (e.g. no network).
     """
     dest = Path(dest)
+    created = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, suffix=".part") as tmp:
         try:
@@ -93,6 +94,9 @@ def download(url: str, dest: str | Path, md5: str) -> Path:
                 shutil.copyfileobj(response, tmp)
         except BaseException:
             Path(tmp.name).unlink(missing_ok=True)
+            for p in created:  # leave no empty directory behind (innermost first)
+                if p.exists() and not any(p.iterdir()):
+                    p.rmdir()
             raise
     got = md5sum(tmp.name)
     if got != md5:
@@ -149,7 +153,15 @@ def load_cifar(
             raise FileNotFoundError(f"{name} not found: expected {folder}")
         archive = root / spec.archive
         if not archive.exists() or md5sum(archive) != spec.md5:
-            download(url or BASE_URL + spec.archive, archive, spec.md5)
+            source = url or BASE_URL + spec.archive
+            try:
+                download(source, archive, spec.md5)
+            except OSError as err:  # URLError, timeouts, no network
+                reason = getattr(err, "reason", err)
+                raise FileNotFoundError(
+                    f"{name} not found: expected {folder} (or an image-folder zip as --data-dir), "
+                    f"and downloading {source} failed: {reason}"
+                ) from None
         _extract(archive, root)
     splits = {}
     for split, files in (("train", spec.train_files), ("test", spec.test_files)):

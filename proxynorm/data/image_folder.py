@@ -38,6 +38,11 @@ class ImageFolder:
         if not self.root.exists():
             raise FileNotFoundError(f"image folder not found: {self.root}")
         self._zip = zipfile.is_zipfile(self.root)
+        if self.root.is_file() and not self._zip:
+            raise ValueError(
+                f"{self.root} is not a readable zip archive (truncated or corrupt?); expected a "
+                "zip or a directory of <split>/<class>/<image>"
+            )
         entries = self._list_entries()
         prefix = f"{split}/"
         pairs = []

@@ -58,6 +58,16 @@ class BatchNormStep(NormStep):
             "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
         )
 
+    def _apply(self, fn, *args, **kwargs):
+        # Running statistics stay in at least float32 after .half() / .bfloat16(), like the
+        # statistics of the batch they average (the input is upcast before normalizing).
+        super()._apply(fn, *args, **kwargs)
+        for name in ("running_mean", "running_var"):
+            buf = getattr(self, name)
+            if buf is not None and buf.dtype in (torch.float16, torch.bfloat16):
+                setattr(self, name, buf.float())
+        return self
+
     def reset_running_stats(self) -> None:
         self.running_mean.zero_()
         self.running_var.fill_(1)
@@ -73,8 +83,8 @@ class BatchNormStep(NormStep):
             x,
             self.running_mean,
             self.running_var,
-            weight,
-            bias,
+            None if weight is None else weight.to(x.dtype),
+            None if bias is None else bias.to(x.dtype),
             self.training,
             self.momentum,
             self.eps,
@@ -85,6 +95,12 @@ class BatchNormStep(NormStep):
         if not self._ghost(x):
             return self._batch_norm(x32, None, None).to(x.dtype)
         chunks = x32.split(self.norm_batch)
+        if chunks[-1].numel() == chunks[-1].shape[1]:  # one value per channel: no statistics
+            raise ValueError(
+                f"{type(self).__name__}(norm_batch={self.norm_batch}): a batch of {x.shape[0]} "
+                f"leaves a last ghost batch of 1 input of shape {tuple(x.shape[1:])}, which "
+                "has one value per channel; use a batch size that norm_batch divides"
+            )
         y = torch.cat([F.batch_norm(c, None, None, training=True, eps=self.eps) for c in chunks])
         with torch.no_grad():
             dims = [0] + list(range(2, x.dim()))

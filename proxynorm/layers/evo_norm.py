@@ -75,7 +75,10 @@ class EvoNormS0(nn.Module):
             nn.init.ones_(self.v)
 
     def _inv_std(self, x32: Tensor) -> Tensor:
-        grouped = x32.reshape(x32.shape[0], self.groups, -1)
+        if x32.numel() == 0:  # an empty batch: nothing to normalize
+            return torch.ones_like(x32)
+        per_sample = x32.shape[1:].numel()
+        grouped = x32.reshape(x32.shape[0], self.groups, per_sample // self.groups)
         var = grouped.var(dim=2, correction=0, keepdim=True)
         return torch.rsqrt(var + self.eps).expand_as(grouped).reshape(x32.shape)
 

@@ -84,13 +84,45 @@ def proxy_statistics(
     return mean, r
 
 
+def group_norm(x: Tensor, groups: int, w: Tensor | None, b: Tensor | None, eps: float):
+    """``(out, mean, rstd)`` of PyTorch's native GroupNorm kernel on ``x`` (dense in its own
+    memory format), with its affine ``w``, ``b`` (under ``torch.jit.trace``: ``(out, None,
+    None)``).
+
+    PyTorch's contiguous CPU kernel computes the variance as E[x²] − E[x]², which overflows in
+    float32 for |x| ≳ 1e19 and returns NaN or zeros; there (a check on the N×G statistics, CPU only,
+    outside tracing) the statistics are recomputed in float64, so the layer stays scale
+    invariant like the channels_last and CUDA kernels.
+    """
+    if torch.jit.is_tracing():  # aten::group_norm keeps the batch size dynamic in a trace
+        return torch.group_norm(x, groups, w, b, eps), None, None
+    n, c = x.shape[0], x.shape[1]
+    hw = x.numel() // max(n * c, 1)
+    out, mean, rstd = torch.ops.aten.native_group_norm(x, w, b, n, c, hw, groups, eps)
+    if (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not _compiling()
+        and bool((~(rstd > 0) | torch.isinf(rstd)).any())  # NaN, or 0 from an infinite var
+    ):
+        d = [None if t is None else t.double() for t in (w, b)]
+        out, mean, rstd = torch.ops.aten.native_group_norm(x.double(), *d, n, c, hw, groups, eps)
+        out, mean, rstd = out.float(), mean.float(), rstd.float()
+    return out, mean, rstd
+
+
+def _compiling() -> bool:
+    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+    if is_compiling is None:
+        from torch._dynamo import is_compiling
+    return bool(is_compiling())
+
+
 def _norm_affine(xf: Tensor, w: Tensor, b: Tensor, groups: int | None, eps: float, shape):
     """``(w y + b, group stats)`` with ``y = xf`` or ``GroupNorm(xf, groups)`` (native kernel)."""
     if groups is None:
         return _affine(xf, w, b, shape), []
-    n, c = xf.shape[0], xf.shape[1]
-    hw = xf.numel() // max(n * c, 1)
-    out, *stats = torch.ops.aten.native_group_norm(xf, w, b, n, c, hw, groups, eps)
+    out, *stats = group_norm(xf, groups, w, b, eps)
     return out, stats
 
 

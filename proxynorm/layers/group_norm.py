@@ -13,12 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from proxynorm.layers.activation import Activation
+from proxynorm.layers.fused_proxy_norm import _dense, group_norm
 from proxynorm.layers.norm_act import NormAct, NormStep
-from proxynorm.layers.precision import upcast
 from proxynorm.layers.validation import check_num_features, check_positive, resolve_groups
 
 
@@ -36,10 +35,12 @@ class GroupNormStep(NormStep):
         self.eps = check_positive("eps", eps)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.group_norm(upcast(x), self.groups, None, None, self.eps).to(x.dtype)
+        return self.forward_affine(x, None, None)
 
-    def forward_affine(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return F.group_norm(upcast(x), self.groups, weight, bias, self.eps).to(x.dtype)
+    def forward_affine(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+        xf = _dense(x)
+        w, b = (None if t is None else t.to(xf.dtype) for t in (weight, bias))
+        return group_norm(xf, self.groups, w, b, self.eps)[0].to(x.dtype)
 
     def fused_groups(self) -> int | None:
         return self.groups

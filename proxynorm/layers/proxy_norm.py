@@ -22,15 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from proxynorm.layers.activation import Act, Activation, act_name, resolve_act
-from proxynorm.layers.fused_proxy_norm import fused_proxy_norm_act, proxy_statistics
+from proxynorm.layers.fused_proxy_norm import _compiling, fused_proxy_norm_act, proxy_statistics
 from proxynorm.layers.validation import check_input, check_num_features, check_positive
-
-
-def _compiling() -> bool:
-    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
-    if is_compiling is None:
-        from torch._dynamo import is_compiling
-    return bool(is_compiling())
 
 
 def proxy_quantiles(
@@ -165,8 +158,8 @@ class ProxyNormAct(nn.Module):
             know) runs the reference composition of PyTorch ops. Both give the same values and
             gradients.
 
-    In eval mode without gradients, the proxy statistics are computed once and reused until a
-    parameter changes (in-place updates and ``load_state_dict`` included) or ``train()`` is called.
+    In eval mode without gradients, the proxy statistics are computed once and reused while the
+    values of γ, β, β~, γ~ (and φ, eps, ``scale``) are unchanged, however they are edited.
 
     Attributes:
         weight: γ, shape (C,), init 1.  bias: β, shape (C,), init 0.
@@ -262,18 +255,33 @@ class ProxyNormAct(nn.Module):
         )
 
     def _cached_stats(self) -> tuple[Tensor, Tensor] | None:
-        """``(m, r)`` for inference (eval mode, no gradient needed, not compiling), computed once
-        and reused while the parameters are unchanged; ``None`` otherwise."""
-        if self.training or _compiling():
+        """``(m, r)`` for inference (eval mode, no gradient needed, not tracing or compiling),
+        reused while everything they are computed from is unchanged; ``None`` otherwise.
+
+        The cache is keyed on the *values* of γ, β, γ~, β~ (one comparison of 4C numbers, which
+        any edit changes: ``.data``, ``copy_`` under ``no_grad``, ``load_state_dict``, optimizer
+        steps, ``.to(dtype)``), plus the quantiles, φ, eps and ``scale``: correct by
+        construction, where version counters miss ``.data`` edits.
+        """
+        if self.training or _compiling() or torch.jit.is_tracing():
             return None
         params = [self.weight, self.bias, self.proxy_weight, self.proxy_bias]
         params = [p for p in params if p is not None]
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return None
-        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
-        if self._stats_cache is None or self._stats_cache[0] != key:
-            self._stats_cache = (key, self.inference_stats())
-        return self._stats_cache[1]
+        with torch.no_grad():
+            values = torch.cat([p.detach().reshape(-1) for p in params])
+        key = (self.act_fn, self.eps, self.scale, self.quantiles.data_ptr(), self.n_samples)
+        cached = self._stats_cache
+        if (
+            cached is None
+            or cached[0] != key
+            or cached[1].dtype != values.dtype
+            or cached[1].device != values.device
+            or not torch.equal(cached[1], values)
+        ):
+            self._stats_cache = cached = (key, values, self.inference_stats())
+        return cached[2]
 
     @torch.no_grad()
     def inference_stats(self) -> tuple[Tensor, Tensor]:
@@ -287,14 +295,11 @@ class ProxyNormAct(nn.Module):
         return m, torch.rsqrt(v + self.eps) if self.scale else torch.ones_like(v)
 
     def _fused(self, x: Tensor, groups: int | None = None, eps: float = 1e-5) -> Tensor:
-        needs_graph = torch.is_grad_enabled() and x.requires_grad
-        return fused_proxy_norm_act(
-            x,
-            *self.pn_args(),
-            groups,
-            eps,
-            stats=None if needs_graph else self._cached_stats(),
-        )
+        stats = None
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            # Inference: (m, r) from the cache; under torch.jit.trace as traced ops instead.
+            stats = self.inference_stats() if torch.jit.is_tracing() else self._cached_stats()
+        return fused_proxy_norm_act(x, *self.pn_args(), groups, eps, stats=stats)
 
     def after(self, norm: nn.Module, x: Tensor) -> Tensor:
         """``norm`` then this step. A GroupNorm step (GN, LN, IN) and the fused path run as one

@@ -87,6 +87,7 @@ def create_model(
     if key not in _MODELS:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(_MODELS)}")
     builder, default_act, has_classifier = _MODELS[key]
+    _check_sizes(num_classes=num_classes, **kwargs)
     config = {
         "name": key,
         "norm": str(norm),
@@ -113,3 +114,16 @@ def create_model(
     model.norm_spec = f.spec
     model.config = config  # create_model(**model.config) rebuilds the architecture
     return model
+
+
+def _check_sizes(**kwargs: Any) -> None:
+    """Counts must be ints >= 1 and ``width_mult`` > 0 (a clear error instead of an index error
+    or a zero-channel layer deep inside a builder)."""
+    for name in ("num_classes", "in_chans", "depth", "width", "kernel_size"):
+        value = kwargs.get(name)
+        bad = isinstance(value, bool) or not isinstance(value, int) or value < 1
+        if value is not None and bad:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    width = kwargs.get("width_mult")
+    if width is not None and not (isinstance(width, int | float) and width > 0):
+        raise ValueError(f"width_mult must be a number > 0, got {width!r}")

@@ -16,7 +16,7 @@ from typing import Any
 from proxynorm.layers import parse_spec
 from proxynorm.train import distributed
 from proxynorm.train.config import build_config
-from proxynorm.train.loop import FINAL, METRICS, TrainingDiverged, train
+from proxynorm.train.loop import FINAL, METRICS, TrainingDiverged, resume_problem, train
 from proxynorm.train.metrics import read_jsonl
 
 
@@ -39,18 +39,32 @@ def compare(
     the others still run.
     """
     out = Path(out)
+    if not seeds:
+        raise ValueError("seeds must name at least one seed (--seeds >= 1)")
     norms = [parse_spec(n).name for n in norms]
     # Under torchrun, join the process group now: rank 0 decides which runs remain.
     base = build_config(recipe, extra_reg, **overrides)
     d, _ = distributed.setup(base.device, base.dist_timeout)
+    configs = {
+        (norm, seed): build_config(recipe, extra_reg, **overrides, norm=norm, seed=seed)
+        for norm in norms
+        for seed in seeds
+    }
+    # Before anything trains: a finished run with other settings is refused, not reused.
+    problems = distributed.broadcast(_problems(out, configs, d.world_size) if d.main else None)
+    if problems:
+        raise ValueError(
+            f"{out} holds finished runs with other settings (use a new --out, or the same "
+            "settings): " + "; ".join(problems)
+        )
     failures: dict[str, str] = {}
     for norm in norms:
         for seed in seeds:
             path = run_dir(out, norm, seed)
-            if distributed.broadcast((path / FINAL).exists() if d.main else None):
+            cfg = configs[norm, seed]
+            if distributed.broadcast(_finished(path, cfg) if d.main else None):
                 _log(d, f"[{norm} seed {seed}] finished earlier: {path}")
                 continue
-            cfg = build_config(recipe, extra_reg, **overrides, norm=norm, seed=seed)
             _log(d, f"[{norm} seed {seed}] training into {path}")
             try:
                 train(cfg, path, resume=True)
@@ -68,6 +82,23 @@ def compare(
         (out / "summary.md").write_text(summary_markdown(summary))
         plot_accuracy(out, norms, seeds, out / "accuracy.png")
     return distributed.broadcast(summary)
+
+
+def _problems(out: Path, configs: dict, world_size: int) -> list[str]:
+    problems = []
+    for (norm, seed), cfg in configs.items():
+        final = run_dir(out, norm, seed) / FINAL
+        if final.exists():
+            saved = json.loads(final.read_text()).get("config", {})
+            why = resume_problem(saved, cfg.for_world(world_size), world_size, finished=True)
+            if why:
+                problems.append(f"{norm}/seed{seed}: {why}")
+    return problems
+
+
+def _finished(path: Path, cfg) -> bool:
+    final = path / FINAL
+    return final.exists() and json.loads(final.read_text()).get("epochs", 0) >= cfg.epochs
 
 
 def _log(d: distributed.Dist, message: str) -> None:

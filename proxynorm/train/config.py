@@ -1,8 +1,17 @@
-"""Training configuration: recipe YAML files (defaults) + command-line overrides -> TrainConfig."""
+"""Training configuration: recipe YAML files (defaults) + command-line overrides -> TrainConfig.
+
+Each field of :class:`TrainConfig` carries its help text and its allowed values beside it
+(``opt(default, help, check)``); the CLI's flags are generated from them, and every value is
+checked at construction — from a flag, a recipe file or Python alike — with the field's allowed
+range in the message.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -13,64 +22,206 @@ import yaml
 RECIPES = ("cifar", "imagenet-resnet", "efficientnet")
 
 
+# --- checks: each returns None when the value is allowed, else what is expected --------------
+
+
+def _number(lo: float | None = None, hi: float | None = None, lo_open=False, hi_open=False):
+    def check(v):
+        if lo is not None and (v < lo or (lo_open and v == lo)):
+            return _range_text(lo, hi, lo_open, hi_open)
+        if hi is not None and (v > hi or (hi_open and v == hi)):
+            return _range_text(lo, hi, lo_open, hi_open)
+        return None
+
+    check.text = _range_text(lo, hi, lo_open, hi_open)
+    return check
+
+
+def _range_text(lo, hi, lo_open, hi_open) -> str:
+    if hi is None:
+        return f"{'>' if lo_open else '>='} {lo:g}"
+    if lo is None:
+        return f"{'<' if hi_open else '<='} {hi:g}"
+    return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+
+def _one_of(*values: str):
+    def check(v):
+        return None if v in values else f"one of {', '.join(values)}"
+
+    check.text = f"one of {', '.join(values)}"
+    return check
+
+
+def _pattern(regex: str, text: str):
+    def check(v):
+        return None if re.fullmatch(regex, v) else text
+
+    check.text = text
+    return check
+
+
+def _each(inner):
+    def check(v):
+        bad = [x for x in v if inner(x)]
+        return f"each {inner.text}" if bad else None
+
+    check.text = f"each {inner.text}"
+    return check
+
+
+def _spec(v):
+    from proxynorm.layers import parse_spec
+
+    try:
+        parse_spec(v)
+    except ValueError as err:
+        return str(err).split("; ", 1)[-1]
+    return None
+
+
+def _model(v):
+    from proxynorm.models import list_models
+
+    names = [m for m in list_models() if m != "random_net"]
+    return None if v in names else f"one of {', '.join(names)}"
+
+
+def _activation(v):
+    from proxynorm.layers.activation import get_act
+
+    try:
+        get_act(v)
+    except ValueError as err:
+        return str(err).split("; ", 1)[-1]
+    return None
+
+
+def opt(default: Any, help: str, check: Callable[[Any], str | None] | None = None):
+    """A :class:`TrainConfig` field: its default, help text (the CLI's) and allowed values."""
+    kw = {"default_factory": lambda: list(default)} if isinstance(default, list) else {}
+    if not kw:
+        kw["default"] = default
+    return field(metadata={"help": help, "check": check}, **kw)
+
+
 @dataclass
 class TrainConfig:
-    """Everything a run depends on; saved as ``config.json`` beside its results."""
+    """Everything a run depends on; saved as ``config.json`` beside its results.
+
+    Raises (at construction):
+        TypeError: a value of the wrong type (e.g. ``lr: "abc"`` in a recipe).
+        ValueError: a value outside its field's range; the message gives the range.
+    """
 
     # --- what to train
-    model: str = "resnet20"
-    norm: str = "gn+pn"
-    groups: int | None = None
-    act: str | None = None
-    proxy_affine: bool = True
-    width_mult: float = 1.0
+    model: str = opt("resnet20", "model name (see create_model)", _model)
+    norm: str = opt("gn+pn", "norm spec, e.g. bn, gn, gn+pn, ln+pn", _spec)
+    groups: int | None = opt(None, "GroupNorm groups (gn, gn+pn, evos0 only)", _number(1))
+    act: str | None = opt(None, "activation (default: the model's)", _activation)
+    proxy_affine: bool = opt(True, "learn PN's beta~, gamma~")
+    width_mult: float = opt(1.0, "channel width multiplier", _number(0, lo_open=True))
     # --- data
-    data: str = "cifar10"
-    data_dir: str = "data"
-    subset: int | None = None
-    download: bool = True
-    workers: int = 0
+    data: str = opt("cifar10", "data set", _one_of("cifar10", "cifar100", "imagefolder"))
+    data_dir: str = opt(
+        "data",
+        "official CIFAR folder (downloaded there when missing), or an image-folder tree or zip "
+        "such as ../shared/data/cifar10-jpeg.zip",
+        _pattern(r".+", "a non-empty path"),
+    )
+    subset: int | None = opt(None, "train on a class-balanced subset of N images", _number(1))
+    download: bool = opt(True, "download CIFAR when missing (if the network allows)")
+    workers: int = opt(0, "data-loading processes (image folders)", _number(0))
     # --- run
-    recipe: str = "cifar"
-    extra_reg: bool = False
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "auto"
-    channels_last: bool = False
-    grad_clip: float = 0.0
-    probe: int = 0
-    compile: str = "off"
+    recipe: str = opt("cifar", "cifar, imagenet-resnet, efficientnet, or a YAML file")
+    extra_reg: bool = opt(
+        False,
+        "the recipe's extra regularization (label smoothing, dropout, stochastic depth / Mixup)",
+    )
+    seed: int = opt(0, "random seed (initialization, order, augmentation)", _number(0))
+    device: str = opt(
+        "auto",
+        "cpu, cuda, cuda:N, mps or auto",
+        _pattern(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, mps, cuda or cuda:N"),
+    )
+    amp: str = opt(
+        "auto",
+        "mixed precision: auto (on for CUDA), off, bf16, fp16",
+        _one_of("auto", "off", "bf16", "fp16"),
+    )
+    channels_last: bool = opt(False, "channels_last memory format")
+    grad_clip: float = opt(0.0, "clip the gradient norm (0: off)", _number(0))
+    probe: int = opt(
+        0, "power decomposition of N fixed test images every epoch (0: off)", _number(0)
+    )
+    compile: str = opt(
+        "off",
+        "torch.compile the training step",
+        _one_of("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    )
     # --- data parallelism (torchrun)
-    global_batch: int | None = None
-    sync_bn: bool = False
-    dist_timeout: float = 600.0
+    global_batch: int | None = opt(
+        None,
+        "images per step over all torchrun processes (per process: global_batch / world size)",
+        _number(1),
+    )
+    sync_bn: bool = opt(False, "BN statistics over the global batch (SyncBatchNorm) under torchrun")
+    dist_timeout: float = opt(
+        600.0,
+        "seconds a process waits for a peer before failing (torchrun)",
+        _number(0, lo_open=True),
+    )
     # --- recipe fields (defaults come from the recipe's YAML)
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    lr_reference_batch: int = 128
-    batch_size: int = 128
-    scale_lr: bool = True
-    momentum: float = 0.9
-    nesterov: bool = False
-    rmsprop_alpha: float = 0.9
-    rmsprop_eps: float = 1e-3
-    weight_decay: float = 1e-4
-    weight_decay_on: str = "all"
-    epochs: int = 160
-    warmup_epochs: float = 5.0
-    schedule: str = "multistep"
-    milestones: list[float] = field(default_factory=lambda: [80, 120])
-    decay: float = 0.1
-    decay_every: float = 2.4
-    norm_batch: int | None = 128
-    augment: str = "cifar"
-    image_size: int = 32
-    label_smoothing: float = 0.0
-    dropout: float = 0.0
-    drop_path: float = 0.0
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    ema_decay: float = 0.0
+    optimizer: str = opt("sgd", "optimizer", _one_of("sgd", "rmsprop"))
+    lr: float = opt(
+        0.1,
+        "learning rate, used as given (the recipe's lr is scaled linearly to the global batch)",
+        _number(0, lo_open=True),
+    )
+    lr_reference_batch: int = opt(128, "the batch at which the recipe's lr is given", _number(1))
+    batch_size: int = opt(128, "images per step per process (under torchrun: per rank)", _number(1))
+    scale_lr: bool = opt(True, "scale lr linearly from lr_reference_batch to the global batch")
+    momentum: float = opt(0.9, "momentum", _number(0, 1, hi_open=True))
+    nesterov: bool = opt(False, "Nesterov momentum (SGD)")
+    rmsprop_alpha: float = opt(0.9, "RMSProp smoothing", _number(0, 1, hi_open=True))
+    rmsprop_eps: float = opt(1e-3, "RMSProp epsilon", _number(0, lo_open=True))
+    weight_decay: float = opt(1e-4, "weight decay", _number(0))
+    weight_decay_on: str = opt(
+        "all", "parameters with weight decay", _one_of("all", "conv_and_proxy")
+    )
+    epochs: int = opt(
+        160, "epochs (the recipe's milestones and warmup are scaled to it)", _number(1)
+    )
+    warmup_epochs: float = opt(5.0, "linear warmup epochs", _number(0))
+    schedule: str = opt(
+        "multistep",
+        "learning-rate schedule",
+        _one_of("multistep", "exponential", "cosine", "constant"),
+    )
+    milestones: list[float] = opt(
+        [80, 120], "comma-separated epochs of lr decay", _each(_number(0))
+    )
+    decay: float = opt(0.1, "lr factor at each milestone / decay step", _number(0, 1, lo_open=True))
+    decay_every: float = opt(2.4, "epochs between exponential decays", _number(0, lo_open=True))
+    norm_batch: int | None = opt(128, "BN statistics over this many inputs (bn only)", _number(1))
+    augment: str = opt("cifar", "augmentation", _one_of("cifar", "imagenet", "none"))
+    image_size: int = opt(32, "input height and width", _number(1))
+    label_smoothing: float = opt(0.0, "label smoothing", _number(0, 1, hi_open=True))
+    dropout: float = opt(0.0, "dropout before the classifier", _number(0, 1, hi_open=True))
+    drop_path: float = opt(0.0, "stochastic depth rate", _number(0, 1, hi_open=True))
+    mixup: float = opt(0.0, "Mixup alpha (0: off)", _number(0))
+    cutmix: float = opt(0.0, "CutMix alpha (0: off)", _number(0))
+    ema_decay: float = opt(0.0, "weight EMA decay (0: off)", _number(0, 1, hi_open=True))
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, _checked(f, getattr(self, f.name)))
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"warmup_epochs={self.warmup_epochs:g} must be <= epochs={self.epochs}"
+            )
+        if self.nesterov and self.optimizer == "sgd" and self.momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0")
 
     @property
     def effective_lr(self) -> float:
@@ -104,9 +255,53 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
+    def differences(self, other: TrainConfig, ignore: set[str] = frozenset()) -> dict:
+        """``{field: (self's value, other's value)}`` for every field that differs."""
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a[k], b[k]) for k in a if a[k] != b.get(k) and k not in ignore}
+
+
+_KINDS = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _checked(f: dataclasses.Field, value: Any) -> Any:
+    """``value`` of field ``f`` with its type checked (ints accepted as floats), then its range."""
+    kind = f.type.replace(" | None", "")
+    if value is None and "None" in f.type:
+        return None
+    if kind == "list[float]":
+        if not isinstance(value, list | tuple) or not all(_is_number(v) for v in value):
+            raise TypeError(f"{f.name}={value!r}: expected a list of numbers")
+        value = [float(v) for v in value]
+    elif kind == "float":
+        if not _is_number(value) or not math.isfinite(value):
+            raise TypeError(f"{f.name}={value!r}: expected a finite number")
+        value = float(value)
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise TypeError(f"{f.name}={value!r}: expected an integer")
+    elif not isinstance(value, _KINDS[kind]):
+        raise TypeError(f"{f.name}={value!r}: expected {'true/false' if kind == 'bool' else kind}")
+    check = f.metadata.get("check")
+    problem = check(value) if check is not None else None
+    if problem is not None:
+        raise ValueError(f"{f.name}={value!r}: must be {problem}")
+    return value
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
 
 def recipe_values(name: str, extra_reg: bool = False) -> dict[str, Any]:
-    """A recipe's fields (packaged YAML by name, or a path to a YAML file)."""
+    """A recipe's fields (packaged YAML by name, or a path to a YAML file).
+
+    Raises:
+        ValueError: unknown recipe, a file that is not valid YAML or not a mapping of options.
+    """
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.exists():
         text = path.read_text()
@@ -117,8 +312,21 @@ def recipe_values(name: str, extra_reg: bool = False) -> dict[str, Any]:
             f"unknown recipe {name!r}; valid recipes: {', '.join(RECIPES)} "
             "or a path to a .yaml file"
         )
-    values = yaml.safe_load(text) or {}
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ValueError(f"recipe {name} is not valid YAML{line}: {err}".split("\n")[0]) from None
+    values = values or {}
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"recipe {name} must be a mapping of training options (option: value), "
+            f"got a {type(values).__name__}"
+        )
     extra = values.pop("extra", {}) or {}
+    if not isinstance(extra, dict):
+        raise ValueError(f"recipe {name}: 'extra' must be a mapping, got {type(extra).__name__}")
     if extra_reg:
         values.update(extra)
     values["lr_reference_batch"] = values.get("batch_size", TrainConfig.batch_size)
@@ -137,13 +345,25 @@ def build_config(recipe: str = "cifar", extra_reg: bool = False, **overrides: An
     keeps its shape).
 
     Raises:
-        ValueError: unknown recipe or field (the message lists the valid fields).
+        ValueError: unknown recipe or field (the message lists the valid fields), or a value
+            out of its range (the message gives the range).
+        TypeError: a value of the wrong type.
     """
     overrides = {k: v for k, v in overrides.items() if v is not None}
     values = recipe_values(recipe, extra_reg)
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        valid = ", ".join(sorted(names))
+        raise ValueError(f"recipe {recipe}: unknown training option(s) {unknown}; valid: {valid}")
+    # Check the recipe's own values first, so that an error names the recipe.
+    try:
+        TrainConfig(**values)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"recipe {recipe}: {err}") from None
     recipe_epochs = values.get("epochs", TrainConfig.epochs)
     values.update(overrides, recipe=recipe, extra_reg=extra_reg)
-    if "epochs" in overrides and values["epochs"] != recipe_epochs:
+    if "epochs" in overrides and values["epochs"] != recipe_epochs and _is_number(values["epochs"]):
         factor = values["epochs"] / recipe_epochs
         if "milestones" not in overrides and "milestones" in values:
             values["milestones"] = [m * factor for m in values["milestones"]]
@@ -154,7 +374,6 @@ def build_config(recipe: str = "cifar", extra_reg: bool = False, **overrides: An
         values["global_batch"] = values.get("batch_size", TrainConfig.batch_size)
     if "lr" in overrides and not {"lr_reference_batch", "scale_lr"} & set(overrides):
         values["scale_lr"] = False
-    names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown training option(s) {unknown}; valid: {', '.join(sorted(names))}")

@@ -46,9 +46,7 @@ METRICS = "metrics.jsonl"
 FINAL = "final.json"
 # Options that may differ when resuming: they do not change the computation's result on CPU
 # (the per-process batch follows from the global batch and the number of processes).
-_RESUMABLE_DIFFERENCES = {
-    "device", "workers", "download", "data_dir", "dist_timeout", "batch_size", "compile"
-}
+RESUMABLE_DIFFERENCES = {"device", "workers", "download", "dist_timeout", "batch_size", "compile"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -192,28 +190,61 @@ def _grad_scaler(device: torch.device, enabled: bool):
     return torch.cuda.amp.GradScaler(enabled=enabled)  # torch < 2.3
 
 
-def _check_resumable(saved: dict, cfg: TrainConfig, world_size: int) -> None:
-    """Refuse to resume with options that change the computation (missing keys: defaults)."""
-    saved = TrainConfig.from_dict(saved).for_world(world_size).to_dict()
-    now = cfg.to_dict()
-    diff = {k for k in now if saved.get(k) != now[k]} - _RESUMABLE_DIFFERENCES
-    if diff:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in sorted(diff))
-        raise ValueError(
-            f"cannot resume with a different configuration ({details}); use a new --out directory"
+def resume_problem(saved: dict, cfg: TrainConfig, world_size: int, finished: bool) -> str | None:
+    """Why a run saved with config ``saved`` cannot continue as ``cfg`` (``None`` if it can).
+
+    Only options that do not change the result may differ, and ``epochs`` may grow when nothing
+    else changes (the schedule then continues exactly as written: same milestones and warmup).
+    """
+    old = TrainConfig.from_dict(saved).for_world(world_size)
+    diff = old.differences(cfg, ignore=RESUMABLE_DIFFERENCES | {"effective_lr"})
+    if not diff:
+        return None
+    if set(diff) == {"epochs"} and cfg.epochs > old.epochs:
+        return None  # extend the run
+    details = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
+    why = f"different options ({details})"
+    if "epochs" in diff and cfg.epochs > old.epochs and set(diff) <= {
+        "epochs",
+        "milestones",
+        "warmup_epochs",
+    }:
+        why += (
+            "; a longer run would change the schedule it was trained with (milestones and "
+            f"warmup scale with --epochs): pass --milestones "
+            f"{','.join(f'{m:g}' for m in old.milestones)} --warmup-epochs "
+            f"{old.warmup_epochs:g} to extend it as it was"
         )
+    elif "epochs" in diff and cfg.epochs < old.epochs:
+        why += f"; it {'finished' if finished else 'was set to run'} {old.epochs} epochs"
+    return why
 
 
-def _start(out: Path, resume: bool) -> dict[str, Any]:
+def _start(out: Path, resume: bool, cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     """Rank 0 looks at ``out``: a finished run's summary, a checkpoint to resume, or an error."""
-    ckpt_path = out / CHECKPOINT
-    if (out / FINAL).exists() and resume:
-        return {"final": json.loads((out / FINAL).read_text())}
-    if ckpt_path.exists() and not resume:
-        return {"error": f"{out} already holds a run; pass --resume or use a new --out"}
-    if resume and ckpt_path.exists():
-        return {"checkpoint": load_checkpoint(ckpt_path)}
-    return {}
+    ckpt_path, final_path = out / CHECKPOINT, out / FINAL
+    holds_run = ckpt_path.exists() or final_path.exists() or (out / METRICS).exists()
+    if not resume:
+        if holds_run:
+            return {"error": f"{out} already holds a run; pass --resume or use a new --out"}
+        return {}
+    if final_path.exists():
+        final = json.loads(final_path.read_text())
+        problem = resume_problem(final.get("config", {}), cfg, world_size, finished=True)
+        if problem:
+            return {"refuse": f"cannot resume the finished run in {out}: {problem}"}
+        if cfg.epochs <= final["epochs"]:
+            return {"final": final}
+        if not ckpt_path.exists():
+            return {"error": f"cannot extend the finished run in {out}: its checkpoint is missing"}
+    if ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        problem = resume_problem(ckpt["train_config"], cfg, world_size, finished=False)
+        if problem:
+            return {"refuse": f"cannot resume {out}: {problem}; use a new --out"}
+        return {"checkpoint": ckpt}
+    what = "no checkpoint" if holds_run else "no run"
+    return {"note": f"--resume: {what} in {out}, starting fresh"}
 
 
 def _wrap(model: nn.Module, d: Dist, device: torch.device) -> nn.Module:
@@ -234,21 +265,25 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
 
     Raises:
         FileExistsError: ``out`` holds a run and ``resume`` is false.
+        ValueError: ``resume`` with options that would change the result (the message lists
+            them); a finished run may be extended to more ``epochs`` when nothing else changes.
         TrainingDiverged: a non-finite loss (the last good checkpoint is kept).
     """
     out = Path(out)
     ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
     d, device = distributed.setup(cfg.device, cfg.dist_timeout)
     cfg = cfg.for_world(d.world_size)
-    start = distributed.broadcast(_start(out, resume) if d.main else None)
+    start = distributed.broadcast(_start(out, resume, cfg, d.world_size) if d.main else None)
     if "final" in start:
         return start["final"]
     if "error" in start:
         raise FileExistsError(start["error"])
+    if "refuse" in start:
+        raise ValueError(start["refuse"])
     ckpt = start.get("checkpoint")
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
     log = print if d.main else (lambda *a, **k: None)
+    if "note" in start:
+        log(start["note"], flush=True)
 
     # --- setup: seed, device, data, model, optimizer
     torch.manual_seed(cfg.seed)
@@ -280,7 +315,6 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
     start_epoch, elapsed, rng_restored = 0, 0.0, False
 
     if ckpt is not None:
-        _check_resumable(ckpt["train_config"], cfg, d.world_size)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -294,8 +328,11 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
         log(f"resuming {out} after epoch {start_epoch}")
         if d.main:
             truncate_jsonl(metrics_path, start_epoch)
-    elif d.main:
-        metrics_path.unlink(missing_ok=True)
+    if d.main:  # data and model are built: from here on the run directory is written
+        out.mkdir(parents=True, exist_ok=True)
+        (out / FINAL).unlink(missing_ok=True)  # a run being extended is no longer finished
+        if ckpt is None:
+            metrics_path.unlink(missing_ok=True)
     if d.rank > 0 and not rng_restored:
         # Rank 0 keeps the single-process random stream; other ranks draw their own dropout.
         torch.manual_seed(cfg.seed + 1_000_003 * d.rank + start_epoch)

@@ -183,8 +183,12 @@ def test_eval_caches_the_proxy_statistics(monkeypatch):
         layer.act.weight.mul_(1.5)  # an in-place update (as an optimizer makes)
         changed = layer(x)
         assert len(calls) == 2 and not torch.equal(changed, first)
-        layer.load_state_dict(layer.state_dict())
+        layer.load_state_dict(layer.state_dict())  # the same values: the cache still holds
         layer(x)
+        assert len(calls) == 2
+        state = {k: v + 0.1 for k, v in layer.state_dict().items()}
+        layer.load_state_dict(state)
+        changed = layer(x)
         assert len(calls) == 3
     ref = set_fused(norm_act("gn+pn", 8, groups=2), False).eval()
     ref.load_state_dict(layer.state_dict())
@@ -227,3 +231,49 @@ def test_autocast_keeps_statistics_in_float32():
         out = layer(x.bfloat16())
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), ref(x.bfloat16().float()), rtol=2e-2, atol=2e-2)
+
+
+def _edits():
+    """Every way a user edits parameters, each applied to a layer after an eval forward."""
+
+    def data(layer):
+        layer.act.weight.data.mul_(3)
+
+    def copy_no_grad(layer):
+        with torch.no_grad():
+            layer.act.bias.copy_(torch.linspace(-1, 1, layer.act.bias.numel()))
+
+    def load(layer):
+        layer.load_state_dict({k: v * 0.5 for k, v in layer.state_dict().items()})
+
+    def optimizer_step(layer):
+        opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+        layer.train()
+        layer(torch.randn(4, 8, 5, 5)).square().sum().backward()
+        opt.step()
+        layer.eval()
+
+    def to_double(layer):
+        layer.double()
+
+    def proxy_data(layer):
+        layer.act.proxy_weight.data.add_(0.7)
+
+    return [data, copy_no_grad, load, optimizer_step, to_double, proxy_data]
+
+
+@pytest.mark.parametrize("spec", ["gn+pn", "bn+pn"])
+@pytest.mark.parametrize("edit", _edits(), ids=lambda f: f.__name__)
+def test_eval_cache_is_never_stale_whatever_edits_the_parameters(spec, edit):
+    torch.manual_seed(0)
+    kw = {"groups": 2} if spec == "gn+pn" else {}
+    layer = norm_act(spec, 8, **kw).eval()
+    x = torch.randn(3, 8, 5, 5)
+    with torch.no_grad():
+        layer(x)  # fills the cache
+    edit(layer)
+    fresh = norm_act(spec, 8, **kw).eval().to(layer.act.weight.dtype)
+    fresh.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        xi = x.to(layer.act.weight.dtype)
+        torch.testing.assert_close(layer(xi), fresh(xi), rtol=1e-6, atol=1e-6)
