@@ -150,3 +150,65 @@ def test_bf16_autocast_and_grad_clip_and_channels_last(fake_cifar, tmp_path):
     final = train(cfg, tmp_path / "run")
     assert final["train_loss"] == pytest.approx(final["train_loss"])  # finite, not NaN
     assert 0 <= final["test_acc"] <= 100
+
+
+# --- issue 16: no silent reuse of a run trained with other settings, no lost run --------------
+
+
+def test_resume_of_a_finished_run_with_other_settings_is_refused(fake_cifar, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(fake_cifar, epochs=1, probe=0), out)
+    match = r"finished run .*lr: 0\.05 -> 0\.7.*norm: 'gn\+pn' -> 'bn'"
+    with pytest.raises(ValueError, match=match):
+        train(tiny(fake_cifar, epochs=1, probe=0, lr=0.7, norm="bn"), out, resume=True)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    with pytest.raises(ValueError, match="data_dir"):
+        train(tiny(other, epochs=1, probe=0), out, resume=True)
+    # The same settings: the finished result, untouched.
+    assert train(tiny(fake_cifar, epochs=1, probe=0), out, resume=True)["epochs"] == 1
+
+
+def test_a_finished_run_extends_only_when_its_schedule_stays_the_same(fake_cifar, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny(fake_cifar, epochs=1, probe=0, milestones=[5.0], warmup_epochs=0.5)
+    train(cfg, out)
+    # --epochs 2 alone would rescale the recipe's milestones: refused, with the flags to keep it.
+    with pytest.raises(ValueError, match="pass --milestones"):
+        train(tiny(fake_cifar, epochs=2, probe=0), out, resume=True)
+    # With the same schedule written out, the run continues to epoch 2.
+    final = train(tiny(fake_cifar, epochs=2, probe=0, milestones=[5.0], warmup_epochs=0.5), out,
+                  resume=True)  # fmt: skip
+    assert final["epochs"] == 2
+    assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2]
+    with pytest.raises(ValueError, match="it finished 2 epochs"):
+        train(tiny(fake_cifar, epochs=1, probe=0, milestones=[5.0], warmup_epochs=0.5), out,
+              resume=True)  # fmt: skip
+
+
+def test_resume_into_an_empty_directory_says_it_starts_fresh(fake_cifar, tmp_path, capsys):
+    train(tiny(fake_cifar, epochs=1, probe=0), tmp_path / "new", resume=True)
+    assert f"--resume: no run in {tmp_path / 'new'}, starting fresh" in capsys.readouterr().out
+
+
+def test_a_directory_with_results_is_never_trained_over_without_resume(fake_cifar, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(fake_cifar, epochs=1, probe=0), out)
+    (out / "checkpoint.pt").unlink()  # e.g. committed results: final.json and metrics only
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(tiny(fake_cifar, epochs=1, probe=0), out)
+    assert (out / "final.json").exists()
+
+
+def test_compare_refuses_to_reuse_runs_trained_with_other_settings(fake_cifar, tmp_path):
+    from proxynorm.train.compare import compare
+
+    base = dict(model="resnet20", data_dir=str(fake_cifar), download=False, width_mult=0.25,
+                batch_size=20, probe=0)  # fmt: skip
+    compare(tmp_path, ["gn"], [0], epochs=1, **base)
+    with pytest.raises(ValueError, match=r"gn/seed0: .*epochs: 1 -> 2"):
+        compare(tmp_path, ["gn"], [0], epochs=2, **base)
+    with pytest.raises(ValueError, match=r"lr: .* -> 0\.3"):
+        compare(tmp_path, ["gn"], [0], epochs=1, lr=0.3, **base)
+    summary = compare(tmp_path, ["gn"], [0], epochs=1, **base)  # same settings: reused
+    assert summary["failures"] == {}
