@@ -147,6 +147,8 @@ _TYPES = {
     "str | None": str,
     "list[float]": lambda s: [float(v) for v in s.split(",") if v.strip()],
 }
+
+
 def _add_train_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One flag per TrainConfig field; unset flags keep the recipe's (or default) value."""
     from dataclasses import MISSING, fields
@@ -261,6 +263,90 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_source(args: argparse.Namespace):
+    """The model to convert and its rebuildable description."""
+    from proxynorm.conversion import build_source
+    from proxynorm.models import load_checkpoint, load_model
+
+    given = [a for a in ("checkpoint", "torchvision", "timm") if getattr(args, a)]
+    if len(given) != 1:
+        raise ValueError("give exactly one of --checkpoint, --torchvision NAME, --timm NAME")
+    if args.checkpoint:
+        if args.weights:
+            raise ValueError("--weights is for --torchvision / --timm models")
+        return load_model(args.checkpoint)
+    lib = given[0]
+    kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
+    source = {lib: getattr(args, lib), "kwargs": kwargs}
+    try:
+        model = build_source(source)
+    except ImportError as err:
+        raise ImportError(f"--{lib} needs {err.name} installed") from None
+    if args.weights:
+        state = load_checkpoint(args.weights)
+        model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    model.config = source
+    return model
+
+
+def _calibration_batches(args: argparse.Namespace, train: bool = True):
+    """``args.calibrate`` class-balanced images of the data's training split (or the test split,
+    for evaluation), normalized, in batches of 256."""
+    from proxynorm.data import class_balanced_indices, load_small_images, normalize
+    from proxynorm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    if args.data in ("cifar10", "cifar100"):
+        tr, te, _ = load_small_images(args.data, args.data_dir, download=False)
+        split = tr if train else te
+        idx = class_balanced_indices(split.labels.tolist(), args.calibrate, 1) if train else None
+        x = split.images if idx is None else split.images[idx]
+        y = split.labels if idx is None else split.labels[idx]
+        return list(zip(normalize(x).split(256), y.split(256), strict=True))
+    from proxynorm.data.image_folder import ImageFolder
+
+    folder = ImageFolder(args.data_dir, "train" if train else "val")
+    idx = class_balanced_indices(folder.labels, args.calibrate, 1) if train else range(len(folder))
+    x, y = folder.load(list(idx), size=args.image_size)
+    return list(
+        zip(normalize(x, IMAGENET_MEAN, IMAGENET_STD).split(256), y.split(256), strict=True)
+    )
+
+
+def _accuracy(model, batches) -> float:
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        hits = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches)
+    return 100.0 * hits / sum(len(y) for _, y in batches)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from proxynorm import convert
+    from proxynorm.models import save_model
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise FileExistsError(f"{out} exists; pass --force to overwrite it")
+    model = _convert_source(args).eval()
+    batches = None
+    if args.calibrate:
+        batches = _calibration_batches(args)
+        print(f"calibrating on {args.calibrate} images of {args.data_dir}", flush=True)
+    kw = {k: getattr(args, k) for k in ("groups", "group_size") if getattr(args, k) is not None}
+    converted, report = convert(model, args.norm, calibrate=batches, **kw)
+    print(report)
+    if args.evaluate:
+        test = _calibration_batches(args, train=False)
+        print(
+            f"test accuracy: source {_accuracy(model, test):.2f}%, converted "
+            f"{_accuracy(converted, test):.2f}%"
+        )
+    save_model(out, converted, report=str(report))
+    print(f"wrote {out} (load it with proxynorm.models.load_model)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="proxynorm",
@@ -338,6 +424,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.set_defaults(func=_cmd_export)
 
+    p = sub.add_parser(
+        "convert", help="convert a BN model to a batch-independent norm, calibrated on data"
+    )
+    p.add_argument("--checkpoint", help="a proxynorm checkpoint (.pt) of a BN model")
+    p.add_argument("--torchvision", metavar="NAME", help="a torchvision model instead")
+    p.add_argument("--timm", metavar="NAME", help="a timm model instead")
+    p.add_argument("--weights", help="a local state dict for --torchvision / --timm")
+    p.add_argument("--num-classes", type=_at_least(1), help="classes of --torchvision / --timm")
+    p.add_argument("--norm", default="gn+pn", help="target spec (batch independent)")
+    p.add_argument("--groups", type=_at_least(1), help="GroupNorm groups (per-layer fallback)")
+    p.add_argument("--group-size", type=_at_least(1), help="channels per group instead")
+    p.add_argument("--data", default="cifar10", choices=("cifar10", "cifar100", "imagefolder"))
+    p.add_argument("--data-dir", default=DEFAULT_DATA, help=f"data (default {DEFAULT_DATA})")
+    p.add_argument(
+        "--calibrate", type=_at_least(0), default=2048, help="calibration images (0: none)"
+    )
+    p.add_argument("--image-size", type=_at_least(1), default=224, help="image folders only")
+    p.add_argument("--evaluate", action="store_true", help="test accuracy before and after")
+    p.add_argument("--out", required=True, help="the converted checkpoint (.pt)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    p.set_defaults(func=_cmd_convert)
+
     p = sub.add_parser("train", help="train one model with one norm")
     p.add_argument("--out", required=True, help="run directory (config, metrics, checkpoint)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -347,9 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="train several norms x seeds and summarize")
     p.add_argument("--out", required=True, help="directory of the comparison")
     p.add_argument("--norms", default="bn,gn,gn+pn,ln,ln+pn", help="comma-separated norm specs")
-    p.add_argument(
-        "--seeds", type=_at_least(1), default=3, help="number of seeds, from --seed on"
-    )
+    p.add_argument("--seeds", type=_at_least(1), default=3, help="number of seeds, from --seed on")
     _add_train_args(p, skip=("norm",))
     p.set_defaults(func=_cmd_compare)
     return parser

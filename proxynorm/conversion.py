@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import operator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,12 @@ class ConversionReport:
     left: list[str] = field(default_factory=list)  # "name: why"
     regrouped: list[str] = field(default_factory=list)  # "name: C channels, G groups (why)"
     mode_dependent: list[str] = field(default_factory=list)  # calls that follow .train()/.eval()
+    calibration: Any = None  # a CalibrationReport when convert(..., calibrate=...) was used
+
+    @property
+    def converted(self) -> list[str]:
+        """Names of the converted layers (also the names of the BN modules they replaced)."""
+        return [n.split(" ")[0] for n in self.with_act + self.without_act]
 
     def __str__(self) -> str:
         lines = [
@@ -61,7 +68,10 @@ class ConversionReport:
             lines.append(f"{len(self.mode_dependent)} calls follow the train/eval mode:")
             lines += [f"  {m}" for m in self.mode_dependent]
         lines.append(f"{len(self.left)} left alone:")
-        return "\n".join(lines + [f"  {why}" for why in self.left])
+        lines += [f"  {why}" for why in self.left]
+        if self.calibration is not None:
+            lines.append(str(self.calibration))
+        return "\n".join(lines)
 
 
 def is_bn_like(m: nn.Module) -> bool:
@@ -235,6 +245,7 @@ def convert(
     groups: int | None = None,
     group_size: int | None = None,
     act: Any = None,
+    calibrate: Tensor | Iterable | None = None,
     **norm_kwargs: Any,
 ) -> tuple[fx.GraphModule, ConversionReport]:
     """Replace the BatchNorms of ``model`` by ``norm``'s layers (see the module docstring).
@@ -247,6 +258,10 @@ def convert(
             whose channel count the value does not divide gets the nearest divisor instead
             (listed in ``report.regrouped``).
         act: override the activation of converted norm-act layers (default: the one found).
+        calibrate: input batches (a tensor, or an iterable of tensors or ``(x, y)`` pairs): set
+            the converted layers' parameters, and refit the convolutions that read them, so that
+            the converted model reproduces ``model``'s activations in eval mode
+            (:mod:`proxynorm.calibration`; the fit is in ``report.calibration``).
         **norm_kwargs: other options of the norm-act layers (``proxy_eps``, ``n_samples``...).
 
     Returns:
@@ -256,8 +271,10 @@ def convert(
 
     Raises:
         ValueError: a batch-dependent target spec, an unknown spec, a layer that cannot be built
-            (the message names it), or train/eval behaviour that conversion cannot keep.
+            (the message names it), train/eval behaviour that conversion cannot keep, or
+            ``calibrate`` given for a model in which nothing was converted.
     """
+    original = model
     spec = parse_spec(norm)
     if spec.batch_dependent:
         raise ValueError(f"norm must be batch independent, got {norm!r}")
@@ -337,7 +354,55 @@ def convert(
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
+    source = getattr(original, "config", None)
+    if isinstance(source, dict):  # a rebuildable model: the converted one can be saved too
+        settings = {"norm": spec.name, "groups": groups, "group_size": group_size,
+                    "act": act if isinstance(act, str) else None, **norm_kwargs}  # fmt: skip
+        gm.config = {"source": source, "convert": settings, "biased": []}
+    if calibrate is not None:
+        if not report.converted:
+            raise ValueError(
+                "calibrate: nothing was converted (the model has no BatchNorm or frozen BN), so "
+                "there is nothing to calibrate"
+            )
+        from proxynorm.calibration import calibrate as run_calibration
+
+        report.calibration = run_calibration(gm, original, report.converted, calibrate)
+        if hasattr(gm, "config"):
+            gm.config["biased"] = list(report.calibration.biased)
     return gm, report
+
+
+def build_source(source: dict[str, Any]) -> nn.Module:
+    """The model a conversion started from: ``{"torchvision": name, "kwargs": {...}}``,
+    ``{"timm": name, "kwargs": {...}}`` or :func:`proxynorm.models.create_model` arguments."""
+    kwargs = source.get("kwargs", {})
+    if "torchvision" in source:
+        import torchvision
+
+        return torchvision.models.get_model(source["torchvision"], weights=None, **kwargs)
+    if "timm" in source:
+        import timm
+
+        return timm.create_model(source["timm"], pretrained=False, **kwargs)
+    from proxynorm.models import create_model
+
+    return create_model(**source)
+
+
+def rebuild(config: dict[str, Any]) -> fx.GraphModule:
+    """The architecture of a converted model from its ``config`` (as saved by
+    :func:`proxynorm.models.save_model`): the source model converted again, with the biases that
+    calibration added, ready for ``load_state_dict``."""
+    source = build_source(config["source"])
+    settings = {k: v for k, v in config["convert"].items() if v is not None}
+    gm, _ = convert(source, **settings)
+    for name in config.get("biased", []):
+        conv = gm.get_submodule(name)
+        conv.bias = nn.Parameter(torch.zeros(conv.out_channels if hasattr(conv, "out_channels")
+                                             else conv.out_features))  # fmt: skip
+    gm.config = config
+    return gm
 
 
 def _report_left(gm: fx.GraphModule, modules: dict[str, nn.Module], report) -> None:

@@ -54,7 +54,9 @@ def _replace(module: nn.Module, prefix: str, report: FoldReport) -> None:
             _replace(child, path + ".", report)
 
 
-def _passes(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+def passes_shift(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` passes a per-channel constant shift through unchanged (eval mode):
+    average pooling, flatten, dropout, identity."""
     if node.op == "call_module":
         return isinstance(modules[node.target], _PASS_MODULES)
     if node.op == "call_function":
@@ -105,7 +107,7 @@ def fold(model: nn.Module) -> tuple[nn.Module, FoldReport]:
         if not isinstance(act, FoldedProxyAct):
             continue
         cur = node
-        while len(cur.users) == 1 and _passes(next(iter(cur.users)), modules):
+        while len(cur.users) == 1 and passes_shift(next(iter(cur.users)), modules):
             cur = next(iter(cur.users))
         users = list(cur.users)
         if len(users) != 1 or users[0].op != "call_module":

@@ -17,7 +17,9 @@ from proxynorm.models.registry import create_model
 def save_model(path: str | Path, model: nn.Module, **extra: Any) -> None:
     """Write ``{"config": model.config, "model": state_dict, **extra}`` atomically.
 
-    ``model`` must come from :func:`create_model` (its ``config`` rebuilds it). The file is written
+    ``model`` must come from :func:`create_model` or from :func:`proxynorm.convert` of such a
+    model or of one whose ``config`` names its source (its ``config`` rebuilds it). The file is
+    written
     to a temporary name in the same directory and renamed, so a crash never leaves half a file.
     """
     config = getattr(model, "config", None)
@@ -57,6 +59,12 @@ def load_model(path: str | Path) -> nn.Module:
     ckpt = load_checkpoint(path)
     if "config" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{path} is not a proxynorm checkpoint (needs 'config' and 'model')")
-    model = create_model(**ckpt["config"])
+    config = ckpt["config"]
+    if "convert" in config:  # a converted (and maybe calibrated) model
+        from proxynorm.conversion import rebuild
+
+        model = rebuild(config)
+    else:
+        model = create_model(**config)
     model.load_state_dict(ckpt["model"])
     return model
