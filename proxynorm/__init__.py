@@ -5,6 +5,7 @@ activation step. See :func:`proxynorm.layers.norm_act` and :class:`proxynorm.lay
 """
 
 from proxynorm.conversion import ConversionReport, convert
+from proxynorm.diagnose import Diagnosis, diagnose
 from proxynorm.folding import FoldReport, fold
 from proxynorm.layers import NormSpec, ProxyNormAct, norm_act, parse_spec
 
@@ -14,12 +15,14 @@ __version__ = "0.2.0"
 __distribution__ = "torch-proxynorm"
 __all__ = [
     "ConversionReport",
+    "Diagnosis",
     "FoldReport",
     "NormSpec",
     "ProxyNormAct",
     "__distribution__",
     "__version__",
     "convert",
+    "diagnose",
     "fold",
     "norm_act",
     "parse_spec",

@@ -347,6 +347,57 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diagnose_source(args: argparse.Namespace):
+    """The model to diagnose and a title for it."""
+    from proxynorm.models import create_model
+
+    if args.model:
+        if args.checkpoint or args.torchvision or args.timm:
+            raise ValueError("give one of --model, --checkpoint, --torchvision, --timm")
+        return create_model(args.model, norm=args.norm), f"{args.model} ({args.norm}, random init)"
+    model = _convert_source(args)
+    what = args.checkpoint or args.torchvision or args.timm
+    weights = "" if args.checkpoint or args.weights else ", random init"
+    return model, f"{what}{weights}"
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    import json
+
+    from proxynorm.data import probe_batch
+    from proxynorm.diagnose import diagnose, markdown, plot, recommendation
+
+    model, title = _diagnose_source(args)
+    x, note = probe_batch(args.data, args.batches * args.batch_size, seed=args.seed)
+    synthetic = note.startswith("SYNTHETIC")
+    print(f"inputs: {note}")
+    batches = list(x.split(args.batch_size))
+    diag = diagnose(model, batches, mode=args.mode)
+    diag.note = note if synthetic else ""
+    diags = {title: diag}
+    other = None
+    if args.compare:
+        from proxynorm import convert
+
+        converted, _ = convert(model.eval(), "gn+pn", calibrate=batches, group_size=None)
+        label = "the same model converted to GN+PN (calibrated on these inputs)"
+        other = (label, diagnose(converted, batches, mode=args.mode))
+        diags[label] = other[1]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"model": title, "inputs": note, **diag.to_dict(),
+              "recommendation": recommendation(diag)}  # fmt: skip
+    if other:
+        report["compare"] = {"model": other[0], **other[1].to_dict()}
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "report.md").write_text(markdown(diag, title, other))
+    pngs = plot(diags, out)
+    print("\n".join(f"- {f}" for f in diag.findings))
+    print(recommendation(diag))
+    print(f"wrote {out}/report.md, report.json, {', '.join(pngs)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="proxynorm",
@@ -445,6 +496,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the converted checkpoint (.pt)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser(
+        "diagnose", help="what normalization does inside a model: collapse, dead channels, ..."
+    )
+    p.add_argument("--checkpoint", help="a proxynorm checkpoint (.pt)")
+    p.add_argument("--model", help="a model of list_models(), random init, with --norm")
+    p.add_argument("--norm", default="bn", help="norm spec for --model (default bn)")
+    p.add_argument("--torchvision", metavar="NAME", help="a torchvision model")
+    p.add_argument("--timm", metavar="NAME", help="a timm model")
+    p.add_argument("--weights", help="a local state dict for --torchvision / --timm")
+    p.add_argument("--num-classes", type=_at_least(1), help="classes of --torchvision / --timm")
+    p.add_argument(
+        "--data",
+        default=DEFAULT_DATA,
+        help="image-folder tree or zip for the inputs (test split, 32x32); synthetic inputs, "
+        f"said loudly in the report, when missing (default {DEFAULT_DATA})",
+    )
+    p.add_argument("--batches", type=_at_least(1), default=4, help="input batches")
+    p.add_argument("--batch-size", type=_at_least(3), default=64, help="images per batch")
+    p.add_argument("--mode", choices=("eval", "train"), default="eval", help="norm statistics")
+    p.add_argument("--compare", action="store_true", help="also diagnose its GN+PN conversion")
+    p.add_argument("--seed", type=_at_least(0), default=0, help="seed of the input selection")
+    p.add_argument("--out", default="runs/diagnose", help="output directory")
+    p.set_defaults(func=_cmd_diagnose)
 
     p = sub.add_parser("train", help="train one model with one norm")
     p.add_argument("--out", required=True, help="run directory (config, metrics, checkpoint)")
