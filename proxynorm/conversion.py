@@ -278,7 +278,7 @@ def convert(
     spec = parse_spec(norm)
     if spec.batch_dependent:
         raise ValueError(f"norm must be batch independent, got {norm!r}")
-    grouped = spec.base in ("gn", "evos0")
+    grouped = spec.takes_groups
     if not grouped and (groups is not None or group_size is not None):
         raise ValueError(f"groups/group_size apply to gn and evos0 only, not to {spec.name!r}")
     for name, value in (("groups", groups), ("group_size", group_size)):

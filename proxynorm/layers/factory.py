@@ -27,7 +27,6 @@ NORM_ACT_LAYERS: dict[str, type[nn.Module]] = {
     "evos0": EvoNormS0,
     "frn": FilterResponseNormTLU,
 }
-_GROUPED = ("gn", "evos0")
 
 
 def norm_act(
@@ -65,11 +64,11 @@ def norm_act(
     """
     s = parse_spec(spec)
     cls = NORM_ACT_LAYERS[s.base]
-    if s.base in _GROUPED:
+    if s.takes_groups:
         kwargs.update(groups=groups, group_size=group_size)
     elif groups is not None or group_size is not None:
         raise ValueError(f"groups/group_size apply to gn and evos0 only, not to {s.name!r}")
-    if s.base in ("evos0", "frn"):
+    if s.replaces_act:
         return cls(num_features, apply_act=apply_act, **kwargs)
     return cls(num_features, act=act, apply_act=apply_act, proxy=s.pn, **kwargs)
 

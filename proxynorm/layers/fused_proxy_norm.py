@@ -25,6 +25,8 @@ path: φ' comes from the same aten kernels autograd uses.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -44,20 +46,42 @@ def _affine(xf: Tensor, w: Tensor, b: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 def _sum_but_channels(t: Tensor) -> Tensor:
-    return t.sum(dim=[d for d in range(t.dim()) if d != 1])
+    return t.sum(dim=(0, 2, 3) if t.dim() == 4 else 0)
+
+
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype`` (no dispatch when it already is: this runs per layer and step)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _proxy_affine(weight, bias, proxy_weight, proxy_bias, cdt):
     """``(A, B)``, each (C,), with ``u~ = γ Y~ + β = A q + B``: ``A = γ (1 + γ~)``,
     ``B = β + γ β~`` (so that the C × n work is one ``addcmul`` and gradients two reductions)."""
-    w, b = weight.to(cdt), bias.to(cdt)
-    a = w if proxy_weight is None else w * (1.0 + proxy_weight.to(cdt))
-    return a, b if proxy_bias is None else torch.addcmul(b, w, proxy_bias.to(cdt))
+    w, b = _as(weight, cdt), _as(bias, cdt)
+    a = w if proxy_weight is None else torch.addcmul(w, w, _as(proxy_weight, cdt))
+    return a, b if proxy_bias is None else torch.addcmul(b, w, _as(proxy_bias, cdt))
 
 
 def _proxy_u(a: Tensor, b: Tensor, q: Tensor) -> Tensor:
     """u~ = A q + B, (C, n)."""
     return torch.addcmul(b.unsqueeze(1), a.unsqueeze(1), q.unsqueeze(0))
+
+
+def _proxy(weight, bias, proxy_weight, proxy_bias, q: Tensor, act: Act, proxy_eps, scale, cdt):
+    """``(m, r, centered, util)``: the proxy mean and inverse std (C,), ``z~ − m`` and ``u~``
+    (C × n; ``util`` is ``None`` for ReLU and identity, whose derivative reads ``z~`` / nothing),
+    all in ``cdt``."""
+    util = _proxy_u(*_proxy_affine(weight, bias, proxy_weight, proxy_bias, cdt), q)
+    keep_u = act.name not in ("relu", "identity")
+    z = act(util) if keep_u else act.apply_(util)
+    # Two-pass population variance: torch.var_mean over 256-wide rows is much slower on CPU.
+    mean = z.mean(1, keepdim=True)
+    centered = z.sub_(mean)
+    if scale:
+        r = torch.rsqrt((centered * centered).mean(1).add_(proxy_eps))
+    else:
+        r = torch.ones_like(mean).squeeze(1)
+    return mean.squeeze(1), r, centered, util if keep_u else None
 
 
 def proxy_statistics(
@@ -73,15 +97,9 @@ def proxy_statistics(
 ) -> tuple[Tensor, Tensor]:
     """The proxy mean m and r = 1/sqrt(var + eps) (ones without ``scale``), each (C,), in
     ``dtype`` (no autograd graph is recorded by the fused Function; see its backward)."""
-    z = act.apply_(
-        _proxy_u(*_proxy_affine(weight, bias, proxy_weight, proxy_bias, dtype), quantiles.to(dtype))
-    )
-    # Two-pass population variance: torch.var_mean over 256-wide rows is much slower on CPU.
-    mean = z.mean(1)
-    centered = z - mean.unsqueeze(1)
-    var = (centered * centered).mean(1)
-    r = torch.rsqrt(var + proxy_eps) if scale else torch.ones_like(var)
-    return mean, r
+    q = quantiles.to(dtype)
+    m, r, _, _ = _proxy(weight, bias, proxy_weight, proxy_bias, q, act, proxy_eps, scale, dtype)
+    return m, r
 
 
 def group_norm(x: Tensor, groups: int, w: Tensor | None, b: Tensor | None, eps: float):
@@ -103,7 +121,7 @@ def group_norm(x: Tensor, groups: int, w: Tensor | None, b: Tensor | None, eps: 
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and not _compiling()
-        and bool((~(rstd > 0) | torch.isinf(rstd)).any())  # NaN, or 0 from an infinite var
+        and not math.isfinite(rstd.detach().reciprocal().sum())  # NaN, or 0: infinite var
     ):
         d = [None if t is None else t.double() for t in (w, b)]
         out, mean, rstd = torch.ops.aten.native_group_norm(x.double(), *d, n, c, hw, groups, eps)
@@ -164,22 +182,20 @@ class _ProxyNormActFunction(torch.autograd.Function):
         eps: float,
     ):
         cdt = upcast(x).dtype
-        w, b = weight.to(cdt), bias.to(cdt)
-        m, r = proxy_statistics(
-            weight, bias, proxy_weight, proxy_bias, quantiles, act, proxy_eps, scale, cdt
-        )
+        w, b, q = _as(weight, cdt), _as(bias, cdt), _as(quantiles, cdt)
+        m, r, _, _ = _proxy(weight, bias, proxy_weight, proxy_bias, q, act, proxy_eps, scale, cdt)
         out, stats = _step(x, w, b, m, r, act, groups, eps)
-        out = out.to(x.dtype)
+        out = _as(out, x.dtype)
         ctx.act, ctx.proxy_eps, ctx.scale, ctx.groups, ctx.eps = act, proxy_eps, scale, groups, eps
-        ctx.save_for_backward(
-            x, weight, bias, proxy_weight, proxy_bias, quantiles, m, r, out, *stats
-        )
+        # The C × n proxy intermediates are recomputed in backward rather than saved: at small
+        # batches (PN's use) they would be a visible share of the saved memory (C × n per layer).
+        ctx.save_for_backward(x, weight, bias, proxy_weight, proxy_bias, q, m, r, out, *stats)
         return out
 
     @staticmethod
     def backward(ctx, g):
         act, groups, eps = ctx.act, ctx.groups, ctx.eps
-        x, weight, bias, proxy_weight, proxy_bias, quantiles, m, r, out, *stats = ctx.saved_tensors
+        x, weight, bias, proxy_weight, proxy_bias, q, m, r, out, *stats = ctx.saved_tensors
         need_x, need_w, need_b, need_pw, need_pb = ctx.needs_input_grad[:5]
         xf = _dense(x)
         gf = upcast(g)  # any layout: the kernels below take strides (an expanded g stays cheap)
@@ -187,7 +203,7 @@ class _ProxyNormActFunction(torch.autograd.Function):
         n, c = xf.shape[0], xf.shape[1]
         hw = xf.numel() // max(n * c, 1)
         shape = (1, c) + (1,) * (x.dim() - 2)
-        w, b = weight.to(cdt), bias.to(cdt)
+        w, b = _as(weight, cdt), _as(bias, cdt)
 
         # --- main path. go = g φ'(u), the gradient at the affine output (r folded into γ).
         # Input-sized temporaries are few and reused in place: on CPU each fresh one costs page
@@ -231,42 +247,46 @@ class _ProxyNormActFunction(torch.autograd.Function):
                 [need_x, True, True],
             )
         gsum = _sum_but_channels(gf)
-        grad_m = -r * gsum
         if act.homogeneous:  # Σ g φ(u) = Σ g φ'(u) u (Euler): no extra pass
-            grad_r = w * gw + b * gb - m * gsum
+            grad_r = torch.addcmul(torch.addcmul(w * gw, b, gb), m, gsum, value=-1.0)
         else:
-            grad_r = _sum_but_channels(gf * upcast(out)) / r
+            grad_r = _sum_but_channels(gf * upcast(out)).div_(r)
         grad_w, grad_b = r * gw, r * gb
 
-        # --- proxy path: m and r through z~ = φ(u~), u~ = A q + B (C × n, recomputed), with
+        # --- proxy path: m and r through z~ = φ(u~), u~ = A q + B (C × n, saved), with
         # A = γ (1 + γ~), B = β + γ β~: ∂A = Σ_i ∂u~_i q_i, ∂B = Σ_i ∂u~_i.
-        q = quantiles.to(cdt)
-        util = _proxy_u(*_proxy_affine(weight, bias, proxy_weight, proxy_bias, cdt), q)
-        ztil = act.apply_(util.clone())
         k = q.numel()
-        grad_v = -0.5 * r.pow(3) * grad_r if ctx.scale else torch.zeros_like(r)
-        dz = torch.addcmul(
-            (grad_m / k).unsqueeze(1), ztil - m.unsqueeze(1), (2.0 / k * grad_v).unsqueeze(1)
+        _, _, centered, util = _proxy(
+            weight, bias, proxy_weight, proxy_bias, q, act, ctx.proxy_eps, False, cdt
         )
-        du = act.grad(dz, util)
+        # ∂m = −r Σ g;  ∂z~_i = (∂m + 2 (z~_i − m) ∂v) / n with ∂v = −r³/2 ∂r
+        grad_m = (r * gsum).mul_(-1.0 / k).unsqueeze(1)
+        if ctx.scale:
+            dz = torch.addcmul(grad_m, centered, (r.pow(3) * grad_r).mul_(-1.0 / k).unsqueeze(1))
+        else:
+            dz = grad_m.expand_as(centered)
+        if act.name == "relu":  # u~ > 0 exactly where z~ − m > −m
+            du = torch.ops.aten.threshold_backward(dz, centered + m.unsqueeze(1), 0.0)
+        elif act.name == "identity":
+            du = dz
+        else:
+            du = act.grad(dz, util)
         grad_bb, grad_a = du.sum(1), torch.mv(du, q)
-        grad_w = grad_w + (
-            grad_a if proxy_weight is None else grad_a * (1.0 + proxy_weight.to(cdt))
-        )
+        grad_w.add_(grad_a)
+        if proxy_weight is not None:
+            grad_w.addcmul_(grad_a, _as(proxy_weight, cdt))
         if proxy_bias is not None:
-            grad_w = torch.addcmul(grad_w, grad_bb, proxy_bias.to(cdt))
-        grad_b = grad_b + grad_bb
+            grad_w.addcmul_(grad_bb, _as(proxy_bias, cdt))
+        grad_b.add_(grad_bb)
         grad_pw = grad_pb = None
         if need_pw and proxy_weight is not None:
-            grad_pw = (w * grad_a).to(proxy_weight.dtype)
+            grad_pw = _as(w * grad_a, proxy_weight.dtype)
         if need_pb and proxy_bias is not None:
-            grad_pb = (w * grad_bb).to(proxy_bias.dtype)
-        if gx is not None:
-            gx = gx.to(x.dtype)
+            grad_pb = _as(w * grad_bb, proxy_bias.dtype)
         return (
-            gx,
-            grad_w.to(weight.dtype) if need_w else None,
-            grad_b.to(bias.dtype) if need_b else None,
+            None if gx is None else _as(gx, x.dtype),
+            _as(grad_w, weight.dtype) if need_w else None,
+            _as(grad_b, bias.dtype) if need_b else None,
             grad_pw,
             grad_pb,
             *([None] * 6),

@@ -23,6 +23,8 @@ BASE_NORMS: dict[str, bool] = {
 }
 #: Bases that replace both the norm and the activation step, so PN cannot follow them.
 NORM_AND_ACT = ("evos0", "frn")
+#: Bases with channel groups.
+GROUPED = ("gn", "evos0")
 _ALIASES = {"frn+tlu": "frn", "evo-s0": "evos0", "evonorm_s0": "evos0"}
 
 #: Every spec the factory documents (``+ws`` may be added to any of them).
@@ -52,6 +54,22 @@ class NormSpec:
     def batch_dependent(self) -> bool:
         """Whether outputs for one sample depend on the other samples of the batch (train mode)."""
         return BASE_NORMS[self.base]
+
+    @property
+    def takes_groups(self) -> bool:
+        """Whether the norm has channel groups (``groups`` / ``group_size`` apply): GN, EvoNorm."""
+        return self.base in GROUPED
+
+    @property
+    def replaces_act(self) -> bool:
+        """Whether the layer replaces both the norm and the activation step (EvoNorm-S0,
+        FRN+TLU): it takes no ``act`` and cannot be proxy-normalized."""
+        return self.base in NORM_AND_ACT
+
+    @property
+    def takes_norm_batch(self) -> bool:
+        """Whether ``norm_batch`` (ghost batches) applies: BN."""
+        return self.base == "bn"
 
     @property
     def name(self) -> str:

@@ -55,7 +55,7 @@ class LayerFactory:
     def _kwargs(self, **extra: Any) -> dict[str, Any]:
         kwargs = dict(self.norm_kwargs)
         group_size = kwargs.pop("group_size", None)
-        if self.spec.base in ("gn", "evos0"):
+        if self.spec.takes_groups:
             kwargs.update(groups=self.groups, group_size=group_size)
         if self.spec.pn:
             kwargs.update(proxy_affine=self.proxy_affine, **extra)

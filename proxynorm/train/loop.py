@@ -129,9 +129,9 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     """The model of ``cfg``: norm options go only to the norms they concern."""
     spec = parse_spec(cfg.norm)
     kwargs: dict[str, Any] = {"width_mult": cfg.width_mult}
-    if spec.base in ("gn", "evos0"):
+    if spec.takes_groups:
         kwargs["groups"] = cfg.groups
-    if spec.base == "bn" and cfg.norm_batch:
+    if spec.takes_norm_batch and cfg.norm_batch:
         kwargs["norm_batch"] = cfg.norm_batch
     if cfg.model == "random_net":
         raise ValueError("random_net has no classifier; train a ResNet or EfficientNet")
