@@ -60,31 +60,64 @@ class Variant:
     forward: Callable[[], Tensor]
 
 
-def _time_rounds(variants: list[Variant], repeats: int, warmup: int, desc: str) -> dict:
+_CPU = torch.device("cpu")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_rounds(
+    variants: list[Variant], repeats: int, warmup: int, desc: str, device=_CPU
+) -> dict:
+    """Warm-up calls, then ``repeats`` interleaved rounds (one call of each variant per round);
+    on a GPU the clock is read after synchronizing, so it measures the work, not its launch."""
     for v in variants:
         for _ in range(warmup):
             v.step()
     times: dict[str, list[float]] = {v.name: [] for v in variants}
     for _ in tqdm(range(repeats), desc=desc, leave=False, disable=None):
         for v in variants:
+            _sync(device)
             t0 = time.perf_counter()
             v.step()
+            _sync(device)
             times[v.name].append(time.perf_counter() - t0)
     return times
 
 
-def _summarize(variants: list[Variant], times: dict, baseline: str) -> dict[str, dict]:
+def _peak_mib(v: Variant, device: torch.device) -> float | None:
+    """Peak memory of one training step on a CUDA device (``max_memory_allocated``)."""
+    if device.type != "cuda":
+        return None
+    _sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    v.step()
+    _sync(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def _summarize(
+    variants: list[Variant], times: dict, baseline: str, device=_CPU, also=None
+) -> dict[str, dict]:
     """Median time per variant, and the median over rounds of its time / the baseline's time in
-    the same round (robust to the machine slowing down or speeding up between rounds)."""
+    the same round (robust to the machine slowing down or speeding up between rounds); with
+    ``also`` a second baseline's ratio too."""
     rows = {}
     for v in variants:
-        ratios = [t / b for t, b in zip(times[v.name], times[baseline], strict=True)]
-        rows[v.name] = {
-            "ms": statistics.median(times[v.name]) * 1e3,
-            "ratio": statistics.median(ratios),
-            "saved_mib": saved_bytes(v.forward) / 2**20,
-            "runs": len(times[v.name]),
-        }
+        row = {"ms": statistics.median(times[v.name]) * 1e3}
+        for key, base in (("ratio", baseline), ("ratio_2", also)):
+            if base is not None:
+                row[key] = statistics.median(
+                    t / b for t, b in zip(times[v.name], times[base], strict=True)
+                )
+        row["saved_mib"] = saved_bytes(v.forward) / 2**20
+        peak = _peak_mib(v, device)
+        if peak is not None:
+            row["peak_mib"] = peak
+        row["runs"] = len(times[v.name])
+        rows[v.name] = row
     return rows
 
 
@@ -153,14 +186,17 @@ MODEL_VARIANTS = {
 }
 
 
-def _model_variant(name: str, model: nn.Module, x: Tensor, y: Tensor, compiled: bool) -> Variant:
+def _model_variant(
+    name: str, model: nn.Module, x: Tensor, y: Tensor, compiled: bool, amp: torch.dtype | None
+) -> Variant:
     run = torch.compile(model) if compiled else model
 
     def forward() -> Tensor:
-        return F.cross_entropy(run(x), y)
+        with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
+            return F.cross_entropy(run(x).float(), y)
 
     def step() -> None:
-        F.cross_entropy(run(x), y).backward()
+        forward().backward()
         for p in model.parameters():
             p.grad = None
 
@@ -176,22 +212,60 @@ def bench_models(
     compiled: bool = False,
     repeats: int = 10,
     warmup: int = 2,
+    width_mult: float = 1.0,
+    device: str | torch.device = "cpu",
+    amp: torch.dtype | None = None,
 ) -> dict[str, dict]:
-    """One training step (forward, loss, backward; no optimizer) of ``model`` per norm."""
+    """One training step (forward, loss, backward; no optimizer) of ``model`` per norm, on
+    ``device`` (``amp``: autocast dtype, e.g. ``torch.bfloat16``). Ratios against BN
+    (``ratio``) and GN (``ratio_2``); on CUDA also the peak memory of a step."""
     torch.manual_seed(0)
+    device = torch.device(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
     num_classes = 10 if size <= 64 else 1000
-    y = torch.randint(0, num_classes, (batch,))
+    y = torch.randint(0, num_classes, (batch,), device=device)
     variants = []
     for name, (spec, fused) in MODEL_VARIANTS.items():
         kw = {"groups": groups} if spec.startswith("gn") else {}
-        m = create_model(model, norm=spec, num_classes=num_classes, **kw).train()
-        set_fused(m.to(memory_format=fmt), fused)
-        variants.append(_model_variant(name, m, x, y, compiled))
+        m = create_model(model, norm=spec, num_classes=num_classes, width_mult=width_mult, **kw)
+        m = m.train().to(device=device, memory_format=fmt)
+        set_fused(m, fused)
+        variants.append(_model_variant(name, m, x, y, compiled, amp))
     desc = f"{model} batch {batch} {'channels_last' if channels_last else 'contiguous'}"
-    times = _time_rounds(variants, repeats, warmup, desc + (" compiled" if compiled else ""))
-    return _summarize(variants, times, "bn")
+    times = _time_rounds(
+        variants, repeats, warmup, desc + (" compiled" if compiled else ""), device
+    )
+    return _summarize(variants, times, "bn", device, also="gn")
+
+
+#: Benchmark models: ``NAME`` or ``NAME-bN`` (batch N). PN is for small per-device batches:
+#: its per-step cost (proxy statistics of C × n values per layer, Python work) does not shrink
+#: with the batch, so its share grows as the batch does.
+BENCH_MODELS = {
+    "resnet20": {"model": "resnet20", "batch": 128, "size": 32, "width_mult": 1.0},
+    "resnet50": {"model": "resnet50", "batch": 16, "size": 128, "width_mult": 1.0},
+    # A reduced ResNet-50 (quarter width, 64x64 images) for small batches on a CPU.
+    "resnet50r": {"model": "resnet50", "batch": 8, "size": 64, "width_mult": 0.25},
+}
+
+
+def model_setting(name: str) -> dict[str, Any]:
+    """The settings of a benchmark model name such as ``resnet20`` or ``resnet20-b8``.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones).
+    """
+    base, _, batch = name.partition("-b")
+    if base not in BENCH_MODELS or (batch and not batch.isdigit()) or batch == "0":
+        raise ValueError(
+            f"unknown benchmark model {name!r}; valid: {', '.join(BENCH_MODELS)}, each with an "
+            "optional batch size, e.g. resnet20-b8"
+        )
+    s = dict(BENCH_MODELS[base], label=base.replace("resnet50r", "resnet50 x0.25"))
+    if batch:
+        s["batch"] = int(batch)
+    return s
 
 
 def run_benchmarks(
@@ -204,13 +278,6 @@ def run_benchmarks(
     """All tables: layers and models, contiguous and channels_last, plus ``torch.compile``'d
     models for those in ``compiled``; writes ``bench.json`` and ``bench.md`` under ``out``."""
     compiled = compiled or []
-    settings = {
-        "resnet20": {"model": "resnet20", "batch": 128, "size": 32},
-        # The small per-device batch PN is for: PN's per-step cost (proxy statistics of C x n
-        # values per layer) does not shrink with the batch, so its share grows.
-        "resnet20-b8": {"model": "resnet20", "batch": 8, "size": 32},
-        "resnet50": {"model": "resnet50", "batch": 16, "size": 128},
-    }
     results: dict[str, Any] = {"environment": environment(), "tables": []}
     for cl in (False, True):
         fmt = "channels_last" if cl else "contiguous"
@@ -219,12 +286,12 @@ def run_benchmarks(
             {"kind": "layer", "what": f"{'x'.join(map(str, layer_shape))} {fmt}", "rows": rows}
         )
         for model in models:
-            if model not in settings or not set(compiled) <= set(models):
+            s = model_setting(model)
+            if not set(compiled) <= set(models):
                 raise ValueError(
-                    f"unknown benchmark model in {models} / compiled {compiled}; "
-                    f"valid: {sorted(settings)} (compiled ones must be benchmarked too)"
+                    f"compiled models {compiled} must be benchmarked too (in {models}); "
+                    "compiled ones must be benchmarked"
                 )
-            s = settings[model]
             for comp in (False, True) if model in compiled else (False,):
                 rows = bench_models(
                     s["model"],
@@ -233,8 +300,9 @@ def run_benchmarks(
                     channels_last=cl,
                     compiled=comp,
                     repeats=repeats,
+                    width_mult=s["width_mult"],
                 )
-                what = f"{s['model']} batch {s['batch']} {s['size']}x{s['size']} {fmt}"
+                what = f"{s['label']} batch {s['batch']} {s['size']}x{s['size']} {fmt}"
                 results["tables"].append(
                     {"kind": "model", "what": what + (" compiled" if comp else ""), "rows": rows}
                 )
@@ -258,13 +326,21 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
     for table in results["tables"]:
+        rows = table["rows"]
+        gn = any("ratio_2" in r for r in rows.values())
+        peak = any("peak_mib" in r for r in rows.values())
         lines += [
             f"## {table['kind']}: {table['what']}",
             "",
-            "| variant | ms | ratio | saved for backward (MiB) |",
-            "|---|---|---|---|",
-        ]
-        for name, r in table["rows"].items():
-            lines.append(f"| {name} | {r['ms']:.1f} | {r['ratio']:.2f} | {r['saved_mib']:.1f} |")
+            "| variant | ms | ratio" + (" | × GN" if gn else "") + " | saved for backward (MiB)"
+            + (" | peak (MiB)" if peak else "") + " |",
+            "|---|---|---|" + ("---|" if gn else "") + "---|" + ("---|" if peak else ""),
+        ]  # fmt: skip
+        for name, r in rows.items():
+            cells = [name, f"{r['ms']:.2f}", f"{r['ratio']:.2f}"]
+            cells += [f"{r['ratio_2']:.2f}"] if gn else []
+            cells += [f"{r['saved_mib']:.1f}"]
+            cells += [f"{r['peak_mib']:.0f}"] if peak else []
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

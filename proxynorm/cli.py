@@ -454,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--models",
         default="resnet20,resnet50",
-        help="resnet20 (batch 128), resnet20-b8 (batch 8), resnet50 (batch 16)",
+        help="resnet20 (batch 128), resnet50 (batch 16, 128x128), resnet50r (quarter width, "
+        "64x64, batch 8); -bN sets the batch, e.g. resnet20-b1,resnet50r-b2",
     )
     p.add_argument("--repeats", type=_at_least(1), default=10, help="timed rounds per model")
     p.add_argument(

@@ -25,6 +25,8 @@ def test_layer_and_model_benchmarks_report_ratios_and_memory():
 def test_run_benchmarks_rejects_unknown_models(tmp_path):
     with pytest.raises(ValueError, match="unknown benchmark model"):
         run_benchmarks(tmp_path, ["vgg"], repeats=1)
+    with pytest.raises(ValueError, match="unknown benchmark model 'resnet20-b0'"):
+        run_benchmarks(tmp_path, ["resnet20-b0"], repeats=1)
     with pytest.raises(ValueError, match="compiled ones must be benchmarked"):
         run_benchmarks(tmp_path, ["resnet20"], repeats=1, compiled=["resnet50"])
 
@@ -53,3 +55,7 @@ def test_small_batch_setting_benchmarks_resnet20_at_batch_8(tmp_path, monkeypatc
     results = run_benchmarks(tmp_path, ["resnet20-b8"], repeats=1)
     assert calls == [("resnet20", 8, 32)] * 2  # contiguous and channels_last
     assert "resnet20 batch 8 32x32 channels_last" in [t["what"] for t in results["tables"]]
+    calls.clear()
+    results = run_benchmarks(tmp_path, ["resnet20-b1", "resnet50r-b2"], repeats=1)
+    assert calls == [("resnet20", 1, 32), ("resnet50", 2, 64)] * 2
+    assert "resnet50 x0.25 batch 2 64x64 contiguous" in [t["what"] for t in results["tables"]]
