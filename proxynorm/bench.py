@@ -187,9 +187,15 @@ MODEL_VARIANTS = {
 
 
 def _model_variant(
-    name: str, model: nn.Module, x: Tensor, y: Tensor, compiled: bool, amp: torch.dtype | None
+    name: str,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    compiled: bool,
+    amp: torch.dtype | None,
+    backend: str = "inductor",
 ) -> Variant:
-    run = torch.compile(model) if compiled else model
+    run = torch.compile(model, backend=backend) if compiled else model
 
     def forward() -> Tensor:
         with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
@@ -215,9 +221,11 @@ def bench_models(
     width_mult: float = 1.0,
     device: str | torch.device = "cpu",
     amp: torch.dtype | None = None,
+    backend: str = "inductor",
 ) -> dict[str, dict]:
     """One training step (forward, loss, backward; no optimizer) of ``model`` per norm, on
-    ``device`` (``amp``: autocast dtype, e.g. ``torch.bfloat16``). Ratios against BN
+    ``device`` (``amp``: autocast dtype, e.g. ``torch.bfloat16``; ``backend``: of
+    ``torch.compile``). Ratios against BN
     (``ratio``) and GN (``ratio_2``); on CUDA also the peak memory of a step."""
     torch.manual_seed(0)
     device = torch.device(device)
@@ -231,7 +239,7 @@ def bench_models(
         m = create_model(model, norm=spec, num_classes=num_classes, width_mult=width_mult, **kw)
         m = m.train().to(device=device, memory_format=fmt)
         set_fused(m, fused)
-        variants.append(_model_variant(name, m, x, y, compiled, amp))
+        variants.append(_model_variant(name, m, x, y, compiled, amp, backend))
     desc = f"{model} batch {batch} {'channels_last' if channels_last else 'contiguous'}"
     times = _time_rounds(
         variants, repeats, warmup, desc + (" compiled" if compiled else ""), device

@@ -59,3 +59,25 @@ def test_small_batch_setting_benchmarks_resnet20_at_batch_8(tmp_path, monkeypatc
     results = run_benchmarks(tmp_path, ["resnet20-b1", "resnet50r-b2"], repeats=1)
     assert calls == [("resnet20", 1, 32), ("resnet50", 2, 64)] * 2
     assert "resnet50 x0.25 batch 2 64x64 contiguous" in [t["what"] for t in results["tables"]]
+
+
+def test_gpu_benchmark_script_runs_on_cpu_at_tiny_sizes(tmp_path):
+    """benchmarks/gpu_bench.py (behind run_gpu.sh) at tiny sizes: eager and compiled tables with
+    ratios to BN and to GN."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_bench.py"
+    cmd = [sys.executable, str(script), "--device", "cpu", "--tiny", "--compile-backend",
+           "eager", "--out", str(tmp_path)]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert [t["what"].endswith("compiled, bf16 autocast") for t in results["tables"]] == [
+        False,
+        True,
+    ]
+    for table in results["tables"]:
+        assert set(table["rows"]) == {"bn", "gn", "gn+pn (reference)", "gn+pn (fused)"}
+        assert all("ratio_2" in r for r in table["rows"].values())
+    assert "| variant | ms | ratio | × GN |" in (tmp_path / "bench.md").read_text()
