@@ -335,12 +335,41 @@ def fused_proxy_norm_act(
     if known is None:
         raise ValueError(f"no fused path for act {act!r}: not in the activation registry")
     act = known
-    # Statistics stay in float32 even under autocast (which would recast the native GN kernels).
-    with torch.autocast(x.device.type, enabled=False):
-        if stats is not None:
-            cdt = upcast(x).dtype
-            m, r = (s.to(cdt) for s in stats)
-            return _step(x, weight.to(cdt), bias.to(cdt), m, r, act, groups, eps)[0].to(x.dtype)
-        return _ProxyNormActFunction.apply(
-            x, weight, bias, proxy_weight, proxy_bias, quantiles, act, proxy_eps, scale, groups, eps
-        )
+    # Statistics stay in float32 even under autocast (which would recast the native GN kernels);
+    # the context is entered only when autocast is on (it costs a few µs per layer and step).
+    if _autocast_on(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return _fused(x, weight, bias, proxy_weight, proxy_bias, quantiles, act, proxy_eps,
+                          scale, groups, eps, stats)  # fmt: skip
+    return _fused(
+        x,
+        weight,
+        bias,
+        proxy_weight,
+        proxy_bias,
+        quantiles,
+        act,
+        proxy_eps,
+        scale,
+        groups,
+        eps,
+        stats,
+    )
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+
+
+def _fused(x, weight, bias, proxy_weight, proxy_bias, quantiles, act, proxy_eps, scale, groups,
+           eps, stats):  # fmt: skip
+    if stats is not None:
+        cdt = upcast(x).dtype
+        m, r = (_as(s, cdt) for s in stats)
+        return _as(_step(x, _as(weight, cdt), _as(bias, cdt), m, r, act, groups, eps)[0], x.dtype)
+    return _ProxyNormActFunction.apply(
+        x, weight, bias, proxy_weight, proxy_bias, quantiles, act, proxy_eps, scale, groups, eps
+    )
