@@ -25,8 +25,6 @@ path: φ' comes from the same aten kernels autograd uses.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -121,7 +119,8 @@ def group_norm(x: Tensor, groups: int, w: Tensor | None, b: Tensor | None, eps: 
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and not _compiling()
-        and not math.isfinite(rstd.detach().reciprocal().sum())  # NaN, or 0: infinite var
+        and rstd.numel()
+        and not float(rstd.detach().amin()) > 0  # NaN, or 0 from an infinite variance
     ):
         d = [None if t is None else t.double() for t in (w, b)]
         out, mean, rstd = torch.ops.aten.native_group_norm(x.double(), *d, n, c, hw, groups, eps)
@@ -130,10 +129,17 @@ def group_norm(x: Tensor, groups: int, w: Tensor | None, b: Tensor | None, eps: 
 
 
 def _compiling() -> bool:
-    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
-    if is_compiling is None:
-        from torch._dynamo import is_compiling
-    return bool(is_compiling())
+    return bool(_is_compiling())
+
+
+def _resolve_is_compiling():
+    found = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+    if found is None:
+        from torch._dynamo import is_compiling as found
+    return found
+
+
+_is_compiling = _resolve_is_compiling()
 
 
 def _norm_affine(xf: Tensor, w: Tensor, b: Tensor, groups: int | None, eps: float, shape):
