@@ -228,6 +228,8 @@ def bench_models(
     ``torch.compile``). Ratios against BN
     (``ratio``) and GN (``ratio_2``); on CUDA also the peak memory of a step."""
     torch.manual_seed(0)
+    if compiled:  # fresh compile caches: past tables' recompiles would hit dynamo's limit and
+        torch._dynamo.reset()  # silently fall back to eager
     device = torch.device(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
