@@ -354,7 +354,10 @@ def _diagnose_source(args: argparse.Namespace):
     if args.model:
         if args.checkpoint or args.torchvision or args.timm:
             raise ValueError("give one of --model, --checkpoint, --torchvision, --timm")
-        return create_model(args.model, norm=args.norm), f"{args.model} ({args.norm}, random init)"
+        kw = {"depth": args.depth, "width": args.width} if args.model == "random_net" else {}
+        model = create_model(args.model, norm=args.norm, **kw)
+        shape = f", depth {args.depth}, width {args.width}" if kw else ""
+        return model, f"{args.model} ({args.norm}{shape}, random init)"
     model = _convert_source(args)
     what = args.checkpoint or args.torchvision or args.timm
     weights = "" if args.checkpoint or args.weights else ", random init"
@@ -504,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="a proxynorm checkpoint (.pt)")
     p.add_argument("--model", help="a model of list_models(), random init, with --norm")
     p.add_argument("--norm", default="bn", help="norm spec for --model (default bn)")
+    p.add_argument("--depth", type=_at_least(1), default=30, help="--model random_net only")
+    p.add_argument("--width", type=_at_least(1), default=64, help="--model random_net only")
     p.add_argument("--torchvision", metavar="NAME", help="a torchvision model")
     p.add_argument("--timm", metavar="NAME", help="a timm model")
     p.add_argument("--weights", help="a local state dict for --torchvision / --timm")
