@@ -359,7 +359,11 @@ def _diagnose_source(args: argparse.Namespace):
         shape = f", depth {args.depth}, width {args.width}" if kw else ""
         return model, f"{args.model} ({args.norm}{shape}, random init)"
     model = _convert_source(args)
-    what = args.checkpoint or args.torchvision or args.timm
+    what = (
+        "/".join(Path(args.checkpoint).parts[-2:])
+        if args.checkpoint
+        else args.torchvision or args.timm
+    )
     weights = "" if args.checkpoint or args.weights else ", random init"
     return model, f"{what}{weights}"
 
@@ -383,7 +387,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         from proxynorm import convert
 
         converted, _ = convert(model.eval(), "gn+pn", calibrate=batches, group_size=None)
-        label = "the same model converted to GN+PN (calibrated on these inputs)"
+        label = "converted to GN+PN, calibrated on these inputs"
         other = (label, diagnose(converted, batches, mode=args.mode))
         diags[label] = other[1]
     out = Path(args.out)

@@ -589,8 +589,12 @@ def plot(diags: dict[str, Diagnosis], out) -> list[str]:
     from proxynorm.analysis.plots import plot_power_panels, plt
 
     out = Path(out)
+    import textwrap
+
     panels = {
-        label: torch.tensor([[[r["proportions"][k] for k in TERM_NAMES] for r in d.layers]])
+        textwrap.fill(label, 28, break_long_words=True): torch.tensor(
+            [[[r["proportions"][k] for k in TERM_NAMES] for r in d.layers]]
+        )
         for label, d in diags.items()
     }
     plot_power_panels(panels, out / "power.png", cols=2)
