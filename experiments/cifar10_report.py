@@ -509,8 +509,39 @@ def render_evidence(ev: dict, claims: list[dict]) -> str:
     if pn0 and bn0:
         lines.append(f"| (default) | {_fmt(pn0)} | 0 | {_fmt(bn0)} | 0 | "
                      f"{bn0['mean'] - pn0['mean']:+.2f} |")  # fmt: skip
-    lines += ["", "# The base protocol (issue 8)", ""]
+    lines += ["", *render_gpu(), "", "# The base protocol (issue 8)", ""]
     return "\n".join(lines) + "\n"
+
+
+def render_gpu() -> list[str]:
+    """The paper's own protocol (160 epochs, 50k images) on one GPU: its runner and results."""
+    gpu = ROOT / "experiments" / "results" / "cifar10_gpu"
+    runs = {n: _final(run_dir(gpu, n, 0)) for n in ("bn", "gn", "gn+pn", "ln", "ln+pn")}
+    lines = [
+        "## The paper's protocol on a GPU",
+        "",
+        "`experiments/cifar10_gpu.py` runs resnet20 on all of CIFAR-10 (JPEG) for 160 epochs "
+        "(the `cifar` recipe unscaled) for BN, GN, GN+PN, LN, LN+PN on one CUDA device, one "
+        "process per norm, data decoded once and kept and augmented on the device, bf16 "
+        "autocast, channels_last, `torch.compile`, resumable, writing the same per-run JSON as "
+        "the CPU runs into `experiments/results/cifar10_gpu/`. The JPEG zip travels as a 19 MiB "
+        "pack (every CIFAR JPEG shares one 623-byte header, stored once). On the GPU machine: "
+        "`python3 experiments/cifar10_gpu.py run --archive $OUT/cifar10_gpu.tar.gz` (stops at a "
+        "time budget, keeps each run's last finished epoch; a later call resumes from the "
+        "carried checkpoints); here: `python experiments/cifar10_gpu.py pack` before, "
+        "`... collect ARCHIVE` after.",
+        "",
+    ]
+    done = {n: f for n, f in runs.items() if f}
+    if not done:
+        lines.append("No GPU results yet: no GPU has been lent to the sessions that built it (its "
+                     "CPU smoke test runs in the suite: `tests/experiments/test_gpu_runner.py`).")  # fmt: skip
+        return lines
+    lines += ["| norm | test | train | paper (Table 15) |", "|---|---|---|---|"]
+    for n, f in done.items():
+        lines.append(f"| {n.upper()} | {f['test_acc']:.2f} | {f['train_acc']:.2f} | "
+                     f"{PAPER.get(n, '')} |")  # fmt: skip
+    return lines
 
 
 def render(summaries, claims, collapse, marks, missing, cell, wall) -> str:
