@@ -534,8 +534,10 @@ def render_gpu() -> list[str]:
     ]
     done = {n: f for n, f in runs.items() if f}
     if not done:
-        lines.append("No GPU results yet: no GPU has been lent to the sessions that built it (its "
-                     "CPU smoke test runs in the suite: `tests/experiments/test_gpu_runner.py`).")  # fmt: skip
+        lines.append(
+            "No GPU results yet: no GPU has been lent to the sessions that built it (its CPU "
+            "smoke test runs in the suite: `tests/experiments/test_gpu_runner.py`)."
+        )
         return lines
     lines += ["| norm | test | train | paper (Table 15) |", "|---|---|---|---|"]
     for n, f in done.items():
