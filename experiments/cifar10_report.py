@@ -724,8 +724,10 @@ def render(summaries, claims, collapse, marks, missing, cell, wall) -> str:
         lines += [
             "## Runs not finished yet",
             "",
-            "The experiment is resumable (`bash experiments/cifar10_cpu.sh`); these runs "
-            "are not in the tables above: " + ", ".join(missing) + ".",
+            "Both runners resume where they stopped (`bash experiments/cifar10_cpu.sh` for "
+            "the base protocol, `python experiments/cifar10_evidence.py` for the per-device, "
+            "full-data and driver runs; `--list` shows each run's state); these runs are not "
+            "in the tables above: " + ", ".join(missing) + ".",
             "",
         ]
     return "\n".join(lines) + "\n"
