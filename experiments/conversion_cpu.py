@@ -3,7 +3,7 @@
 1. base   Train a BN resnet20 once, at the CIFAR-10 (JPEG) CPU protocol of docs/RESULTS.md
           (class-balanced 10k subset, 20 epochs, batch 128, BN over 128, channels_last), through
           the public CLI (`proxynorm train`; deterministic, so a missing checkpoint is retrained).
-2. convert  Convert it (gn+pn with 8 groups, ln+pn, gn), uncalibrated and calibrated on
+2. convert  Convert it (gn+pn with 8, 4 and 2 groups, ln+pn, gn), uncalibrated and calibrated on
           `--calibrate` training images (`proxynorm.convert(..., calibrate=...)`), and evaluate
           each on the 10k test images before any fine-tuning.
 3. finetune  Fine-tune for 3 epochs at 4 images per device (batch 32 = 8 devices x 4; SGD,
@@ -13,7 +13,8 @@
           converted and calibrated, GN+PN converted without calibration.
 
 Each step writes JSON under experiments/results/conversion/ and is skipped when its JSON exists
-(delete it to rerun). Then `python experiments/conversion_report.py` writes docs/CONVERSION.md.
+(delete it to rerun; convert.json is extended with conversions it lacks). Then
+`python experiments/conversion_report.py` writes docs/CONVERSION.md.
 
     python experiments/conversion_cpu.py            # all steps (~2 h on one CPU thread)
 """
@@ -37,10 +38,12 @@ DATA = "../shared/data/cifar10-jpeg.zip"
 BASE = ["--model", "resnet20", "--norm", "bn", "--data", "cifar10", "--recipe", "cifar",
         "--subset", "10000", "--epochs", "20", "--channels-last", "--batch-size", "128",
         "--seed", "0"]  # fmt: skip
-CONVERSIONS = {  # name -> (spec, groups)
+CONVERSIONS = {  # name -> (spec, groups); "gn+pn" (8 groups) is the one fine-tuned below
     "gn+pn": ("gn+pn", 8),
     "ln+pn": ("ln+pn", None),
     "gn": ("gn", 8),
+    "gn+pn (4 groups)": ("gn+pn", 4),  # how the kept accuracy depends on the group count
+    "gn+pn (2 groups)": ("gn+pn", 2),
 }
 FINETUNE = {"epochs": 3, "batch": 32, "per_device": 4, "lr": 0.0025, "momentum": 0.9,
             "weight_decay": 1e-4}  # fmt: skip
@@ -90,13 +93,19 @@ def convert_step(ckpt: Path, train, test, cal) -> dict:
     from proxynorm.models import load_model
 
     path = OUT / "convert.json"
-    if path.exists():
-        return json.loads(path.read_text())
     bn = load_model(ckpt).eval()
-    result = {"bn": accuracy(bn, test), "calibration_images": len(cal), "conversions": {}}
+    if path.exists():
+        result = json.loads(path.read_text())
+        if result["calibration_images"] != len(cal):
+            raise SystemExit(f"{path} was calibrated on {result['calibration_images']} images, "
+                             f"not --calibrate {len(cal)}: delete it to rerun")  # fmt: skip
+    else:
+        result = {"bn": accuracy(bn, test), "calibration_images": len(cal), "conversions": {}}
     print(f"BN model: {result['bn']:.2f}%", flush=True)
     batches = list(prepare(cal).split(256))
     for name, (spec, groups) in CONVERSIONS.items():
+        if name in result["conversions"]:
+            continue
         kw = {"groups": groups} if groups else {}
         plain, _ = convert(bn, spec, **kw)
         t0 = time.perf_counter()
@@ -112,7 +121,7 @@ def convert_step(ckpt: Path, train, test, cal) -> dict:
         r = result["conversions"][name]
         print(f"{name}: uncalibrated {r['uncalibrated']:.2f}%, calibrated {r['calibrated']:.2f}% "
               f"({seconds:.0f} s)", flush=True)  # fmt: skip
-    path.write_text(json.dumps(result, indent=1))
+        path.write_text(json.dumps(result, indent=1))  # after each: nothing lost if stopped
     return result
 
 

@@ -164,7 +164,7 @@ def main() -> None:
         "`python experiments/conversion_cpu.py` writes under `experiments/results/conversion/`.",
         "",
         "Detection and segmentation start from BN-pretrained backbones and train at 1–4 images "
-        "per device. `proxynorm.convert(model, \"gn+pn\", calibrate=batches)` swaps every BN for "
+        'per device. `proxynorm.convert(model, "gn+pn", calibrate=batches)` swaps every BN for '
         "GN+PN and, from a few batches of real inputs, sets the new layers so that the converted "
         "model computes what the BN model computed (the method and its math: "
         "`proxynorm/calibration.py`); then fine-tune it at any per-device batch, with no batch "
@@ -173,7 +173,7 @@ def main() -> None:
         "```python",
         "import proxynorm",
         "",
-        "converted, report = proxynorm.convert(bn_model.eval(), \"gn+pn\", groups=8,",
+        'converted, report = proxynorm.convert(bn_model.eval(), "gn+pn", groups=8,',
         "                                      calibrate=[x for x, _ in calibration_loader])",
         "print(report.calibration)  # per layer: R² of the BN pre-activation, before -> after",
         "```",
@@ -186,7 +186,7 @@ def main() -> None:
         "--data-dir ../shared/data/cifar10-jpeg.zip --calibrate 2048 --evaluate --out gnpn.pt",
         "```",
         "",
-        "The result loads with `proxynorm.models.load_model(\"gnpn.pt\")`.",
+        'The result loads with `proxynorm.models.load_model("gnpn.pt")`.',
         "",
     ]
     if conv:
@@ -214,8 +214,8 @@ def main() -> None:
             verdict = "meets" if kept >= 95 else "does **not** meet"
             lines += [
                 "",
-                f"Calibrated GN+PN (8 groups) keeps {kept:.2f}% of the BN model's test accuracy: this "
-                f"{verdict} the target of 95% (uncalibrated: "
+                f"Calibrated GN+PN (8 groups) keeps {kept:.2f}% of the BN model's test accuracy: "
+                f"this {verdict} the target of 95% (uncalibrated: "
                 f"{100 * gp['uncalibrated'] / conv['bn']:.1f}%).",
                 "",
                 *groups_paragraph(conv),
@@ -247,7 +247,10 @@ def main() -> None:
         cells = [_stats([r["test_acc"][e] for r in recs]) for e in (0, 1, 3)]
         lines.append(f"| {cond} | {' | '.join(cells)} | "
                      f"{_stats([r['train_acc'][3] for r in recs])} |")  # fmt: skip
-    lines += ["", *finetune_findings(runs), "![fine-tuning](results/conversion/finetune.png)",
+    lines += [
+        "",
+        *finetune_findings(runs),
+        "![fine-tuning](results/conversion/finetune.png)",
         "",
         "- **BN (statistics over 4)**: the BN model fine-tuned with its statistics over ghost "
         "batches of 4 images, as on 8 devices without SyncBN; its running statistics follow the "
