@@ -25,6 +25,12 @@ FIG = ROOT / "docs" / "results" / "conversion"
 CONDITIONS = ("bn (statistics over 4)", "frozen bn", "gn+pn calibrated", "gn+pn uncalibrated")
 
 
+def _label(name: str) -> str:
+    """``gn+pn (4 groups)`` -> ``GN+PN (4 groups)``."""
+    spec, _, rest = name.partition(" ")
+    return f"{spec.upper()} {rest}".strip()
+
+
 def _stats(values: list[float]) -> str:
     t = torch.tensor(values, dtype=torch.float64)
     if len(values) == 1:
@@ -99,7 +105,7 @@ def r2_table(conv: dict) -> list[str]:
     calibrated for every converted target."""
     names = list(conv["conversions"])
     gp = conv["conversions"]["gn+pn"]
-    head = ["layer", "GN+PN carried", *[f"{n.upper()} calibrated" for n in names]]
+    head = ["layer", "GN+PN carried", *[f"{_label(n)} calibrated" for n in names]]
     rows = [
         f"| {f['name']} | {f['r2_before']:.3f} | "
         + " | ".join(f"{conv['conversions'][n]['layers'][i]['r2_after']:.3f}" for n in names)
@@ -144,8 +150,8 @@ def groups_paragraph(conv: dict) -> list[str]:
         f"Best: {best} group{'s' if best > 1 else ''}, {kept[best]:.2f}% "
         f"({'meets' if kept[best] >= 95 else 'below'} the 95% target). What is left is the "
         "per-sample information removed by the normalization itself: calibration fits what a "
-        "per-channel affine map and the consuming convolutions can represent, and fine-tuning "
-        "(below) recovers the rest."
+        "per-channel affine map and the consuming convolutions can represent; only training "
+        "(fine-tuning, below) can change the features themselves."
     )
     return [" ".join(lines), ""]
 
@@ -205,7 +211,7 @@ def main() -> None:
         ]
         for name, r in conv["conversions"].items():
             lines.append(
-                f"| {name.upper()} | {r['uncalibrated']:.2f}% | {r['calibrated']:.2f}% | "
+                f"| {_label(name)} | {r['uncalibrated']:.2f}% | {r['calibrated']:.2f}% | "
                 f"{100 * r['calibrated'] / conv['bn']:.2f}% | {r['calibration_seconds']:.0f} s |"
             )
         gp = conv["conversions"].get("gn+pn")
