@@ -36,24 +36,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from cifar10_gpu import PROTOCOL  # same folder
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = "../shared/data/cifar10-jpeg.zip"
 OUT = Path(os.environ.get("RESULTS", ROOT / "experiments" / "results" / "cifar10_cpu"))
-COMMON = (
-    "--model",
-    "resnet20",
-    "--data",
-    "cifar10",
-    "--recipe",
-    "cifar",
-    "--groups",
-    "8",
-    "--channels-last",
-    "--probe",
-    "128",
-    "--batch-size",
-    "128",
-)
+# The paper's CIFAR flags (shared with the GPU runner), at the CPU protocol's batch of 128.
+COMMON = (*PROTOCOL, "--batch-size", "128")
 SUBSET = ("--subset", "10000", "--epochs", "20")
 NORM_BATCHES = (2, 4, 8, 16, 32)
 
