@@ -509,8 +509,38 @@ def render_evidence(ev: dict, claims: list[dict]) -> str:
     if pn0 and bn0:
         lines.append(f"| (default) | {_fmt(pn0)} | 0 | {_fmt(bn0)} | 0 | "
                      f"{bn0['mean'] - pn0['mean']:+.2f} |")  # fmt: skip
+        lines += ["", *drivers_findings(ev["drivers"], pn0, bn0)]
     lines += ["", *render_gpu(), "", "# The base protocol (issue 8)", ""]
     return "\n".join(lines) + "\n"
+
+
+def drivers_findings(drivers: dict, pn0: dict, bn0: dict) -> list[str]:
+    """Which changes moved GN+PN (or the gap) by more than the seed noise of one run, taken as
+    the default's sample std over its seeds."""
+    noise = pn0["std"] or 0.0
+    moved, within = [], []
+    for label, row in drivers.items():
+        p = row.get("gn+pn")
+        if not p:
+            continue
+        d = p["mean"] - pn0["mean"]
+        (moved if abs(d) > noise else within).append(f"{label} ({d:+.2f})")
+    if not moved and not within:
+        return []
+    text = f"Against GN+PN's seed noise (std {noise:.2f} pp over {pn0['n']} seeds): "
+    if moved:
+        text += "beyond it: " + ", ".join(moved) + ". "
+    if within:
+        text += "within it (one seed cannot rank these): " + ", ".join(within) + ". "
+    gaps = [
+        f"{label}: {row['bn']['mean'] - row['gn+pn']['mean']:+.2f} pp"
+        for label, row in drivers.items()
+        if row.get("bn") and row.get("gn+pn")
+    ]
+    if gaps:
+        text += (f"With the same change for both, BN − GN+PN is {'; '.join(gaps)} (default "
+                 f"{bn0['mean'] - pn0['mean']:+.2f} pp).")  # fmt: skip
+    return [text.strip()]
 
 
 def render_gpu() -> list[str]:
