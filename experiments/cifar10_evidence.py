@@ -45,6 +45,7 @@ OUT = Path(os.environ.get("RESULTS", ROOT / "experiments" / "results" / "cifar10
 COMMON = (*PROTOCOL, "--batch-size", "128")
 SUBSET = ("--subset", "10000", "--epochs", "20")
 NORM_BATCHES = (2, 4, 8, 16, 32)
+NESTEROV_COSINE = ("--nesterov", "--schedule", "cosine")
 
 
 @dataclass(frozen=True)
@@ -84,16 +85,8 @@ def runs() -> list[Run]:
             for n in ("gn+pn", "bn")
         ],
         *[
-            _run(
-                "drivers",
-                "drivers/nesterov_cosine",
-                n,
-                0,
-                *SUBSET,
-                "--nesterov",
-                "--schedule",
-                "cosine",
-            )
+            _run("drivers", "drivers/nesterov_cosine", n, s, *SUBSET, *NESTEROV_COSINE)
+            for s in (0, 1)  # seed 1: seed 0 moved GN+PN by +4.7 pp, beyond seed noise
             for n in ("gn+pn", "bn")
         ],
     ]
