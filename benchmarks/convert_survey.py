@@ -98,13 +98,15 @@ def check(make, kind: str) -> dict:
         pns = [m for m in conv.modules() if isinstance(m, ProxyNormAct)]
         row[f"{mode}: converted"] = f"{len(report.with_act)}+{len(report.without_act)}"
         row["regrouped"] = len(report.regrouped)
-        row["no BN left"] = not any(is_bn_like(m) for m in conv.modules())
-        row["fused"] = all(p.uses_fused for p in pns) and bool(pns)
+        # Both conversions must hold these (the train-mode result is not overwritten).
+        row["no BN left"] = row.get("no BN left", True) and not any(
+            is_bn_like(m) for m in conv.modules()
+        )
+        row["fused"] = row.get("fused", True) and all(p.uses_fused for p in pns) and bool(pns)
         with torch.no_grad():
             conv.eval()
             row[f"{mode}: eval deterministic"] = torch.equal(_tensor(conv(x)), _tensor(conv(x)))
-            orig = copy.deepcopy(model).eval()
-            orig.train()
+            orig = copy.deepcopy(model).train()
             orig_random = not torch.equal(_tensor(orig(x)), _tensor(orig(x)))
             conv.train()
             row[f"{mode}: train random as original"] = (
