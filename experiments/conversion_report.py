@@ -16,6 +16,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from cifar10_report import _fmt  # noqa: E402  (same folder)
+from cifar10_report import _stats as _summary  # noqa: E402
 from conversion_cpu import CONVERSIONS  # noqa: E402  (same folder: the conversions' groups)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,10 +34,8 @@ def _label(name: str) -> str:
 
 
 def _stats(values: list[float]) -> str:
-    t = torch.tensor(values, dtype=torch.float64)
-    if len(values) == 1:
-        return f"{values[0]:.2f} (n=1)"
-    return f"{float(t.mean()):.2f} ± {float(t.std()):.2f} (n={len(values)})"
+    """``mean ± std (n=k)``, formatted as in RESULTS.md."""
+    return _fmt(_summary(values))
 
 
 def finetune_runs() -> dict[str, list[dict]]:
