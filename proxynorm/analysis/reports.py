@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from proxynorm._io import atomic_target
 from proxynorm.analysis.plots import plot_power_panels, plot_theory
 from proxynorm.analysis.power import TERM_NAMES, power_decomposition
 from proxynorm.analysis.probes import record_preactivations
@@ -26,10 +27,8 @@ from proxynorm.models import load_model
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    tmp.replace(path)
+    with atomic_target(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=1))
 
 
 def checkpoint_power(path: str | Path, inputs: Tensor) -> tuple[str, Tensor]:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from proxynorm._io import atomic_target
 from proxynorm.data.cifar import ARCHIVES, load_cifar
 from proxynorm.data.image_folder import ImageFolder
 
@@ -54,10 +55,8 @@ def decode_cached(folder: ImageFolder, size: int, chunk: int = 2000) -> ArrayDat
         xs.append(x)
         ys.append(y)
     data = ArrayDataset(torch.cat(xs), torch.cat(ys))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, x=data.images.numpy(), y=data.labels.numpy())
-    tmp.replace(path)
+    with atomic_target(path, suffix=".tmp.npz") as tmp:
+        np.savez(tmp, x=data.images.numpy(), y=data.labels.numpy())
     return data
 
 

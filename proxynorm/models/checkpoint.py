@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from proxynorm._io import atomic_target
 from proxynorm.models.registry import create_model
 
 
@@ -19,8 +18,8 @@ def save_model(path: str | Path, model: nn.Module, **extra: Any) -> None:
 
     ``model`` must come from :func:`create_model` or from :func:`proxynorm.convert` of such a
     model or of one whose ``config`` names its source (its ``config`` rebuilds it). The file is
-    written
-    to a temporary name in the same directory and renamed, so a crash never leaves half a file.
+    written to a unique temporary name in the same directory and renamed, so a crash never leaves
+    half a file and two concurrent writers never collide.
     """
     config = getattr(model, "config", None)
     if config is None:
@@ -32,16 +31,8 @@ def save_model(path: str | Path, model: nn.Module, **extra: Any) -> None:
             f"model config must be JSON-serializable to be saved "
             f"(was act given as a callable?): {err}"
         ) from err
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         torch.save({"config": config, "model": model.state_dict(), **extra}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

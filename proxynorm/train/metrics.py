@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from proxynorm._io import atomic_target
+
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
@@ -24,6 +26,5 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
 def truncate_jsonl(path: str | Path, max_epoch: int) -> None:
     """Keep only records with ``epoch <= max_epoch`` (e.g. those the checkpoint covers)."""
     records = [r for r in read_jsonl(path) if r.get("epoch", math.inf) <= max_epoch]
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    tmp.replace(path)
+    with atomic_target(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -46,6 +46,46 @@ def test_load_small_images_from_zip_is_cached(tmp_path, monkeypatch):
     assert torch.equal(train.images, train2.images) and torch.equal(train.labels, train2.labels)
 
 
+def test_concurrent_first_decodes_do_not_collide(tmp_path, monkeypatch):
+    # Two runs started together both find no cache and both write it (seen with the evidence
+    # runner's two workers): each must write its own temporary file and both must succeed.
+    import threading
+
+    import numpy as np
+
+    from proxynorm.data.datasets import decode_cached
+
+    monkeypatch.setenv("PROXYNORM_CACHE", str(tmp_path / "cache"))
+    folder = ImageFolder(write_image_folder_zip(tmp_path / "d.zip", n_train=4, n_test=2), "train")
+    both_writing = threading.Barrier(2, timeout=30)
+    savez = np.savez
+
+    def savez_together(*args, **kwargs):
+        both_writing.wait()
+        savez(*args, **kwargs)
+        both_writing.wait()  # both have written their file before either renames it
+
+    monkeypatch.setattr(np, "savez", savez_together)
+    results, errors = [], []
+
+    def decode():
+        try:
+            results.append(decode_cached(folder, 8))
+        except Exception as err:  # noqa: BLE001 -- reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=decode) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(results) == 2
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [
+        next((tmp_path / "cache").glob("d-train-8px-*.npz")).name
+    ]  # one cache file, no temporary left behind
+    assert torch.equal(decode_cached(folder, 8).images, results[0].images)
+
+
 def test_different_sizes_are_resized(tmp_path):
     path = tmp_path / "d.zip"
     with zipfile.ZipFile(path, "w") as zf:
