@@ -8,6 +8,7 @@ from proxynorm.conversion import ConversionReport, convert
 from proxynorm.diagnose import Diagnosis, diagnose
 from proxynorm.folding import FoldReport, fold
 from proxynorm.layers import NormSpec, ProxyNormAct, norm_act, parse_spec
+from proxynorm.layers.cpp_kernel import use_cpp_kernel
 
 __version__ = "0.2.0"
 #: The distribution (``pip install torch-proxynorm``). Not the unrelated ``proxynorm`` package on
@@ -26,4 +27,5 @@ __all__ = [
     "fold",
     "norm_act",
     "parse_spec",
+    "use_cpp_kernel",
 ]

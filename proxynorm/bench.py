@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from proxynorm.environment import environment
 from proxynorm.layers import ProxyNormAct, norm_act
+from proxynorm.layers.cpp_kernel import use_cpp_kernel
 from proxynorm.models import create_model
 
 
@@ -178,11 +179,12 @@ def bench_layers(
     return rows
 
 
-MODEL_VARIANTS = {
-    "bn": ("bn", True),
-    "gn": ("gn", True),
-    "gn+pn (reference)": ("gn+pn", False),
-    "gn+pn (fused)": ("gn+pn", True),
+MODEL_VARIANTS = {  # name: (norm, path of PN's step: fused Function, reference ops, C++ kernel)
+    "bn": ("bn", "fused"),
+    "gn": ("gn", "fused"),
+    "gn+pn (reference)": ("gn+pn", "reference"),
+    "gn+pn (fused)": ("gn+pn", "fused"),
+    "gn+pn (C++)": ("gn+pn", "cpp"),
 }
 
 
@@ -194,12 +196,17 @@ def _model_variant(
     compiled: bool,
     amp: torch.dtype | None,
     backend: str = "inductor",
+    cpp: bool = False,
 ) -> Variant:
     run = torch.compile(model, backend=backend) if compiled else model
 
     def forward() -> Tensor:
-        with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
-            return F.cross_entropy(run(x).float(), y)
+        use_cpp_kernel(cpp)  # a process-wide switch: on for this variant's calls only
+        try:
+            with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
+                return F.cross_entropy(run(x).float(), y)
+        finally:
+            use_cpp_kernel(False)
 
     def step() -> None:
         forward().backward()
@@ -222,10 +229,12 @@ def bench_models(
     device: str | torch.device = "cpu",
     amp: torch.dtype | None = None,
     backend: str = "inductor",
+    cpp: bool = False,
 ) -> dict[str, dict]:
     """One training step (forward, loss, backward; no optimizer) of ``model`` per norm, on
     ``device`` (``amp``: autocast dtype, e.g. ``torch.bfloat16``; ``backend``: of
-    ``torch.compile``). Ratios against BN
+    ``torch.compile``; ``cpp``: also GN+PN with the opt-in C++ kernel,
+    :mod:`proxynorm.layers.cpp_kernel`). Ratios against BN
     (``ratio``) and GN (``ratio_2``); on CUDA also the peak memory of a step."""
     torch.manual_seed(0)
     if compiled:  # fresh compile caches: past tables' recompiles would hit dynamo's limit and
@@ -236,12 +245,14 @@ def bench_models(
     num_classes = 10 if size <= 64 else 1000
     y = torch.randint(0, num_classes, (batch,), device=device)
     variants = []
-    for name, (spec, fused) in MODEL_VARIANTS.items():
+    for name, (spec, path) in MODEL_VARIANTS.items():
+        if path == "cpp" and not (cpp and use_cpp_kernel(True)):
+            continue
         kw = {"groups": groups} if spec.startswith("gn") else {}
         m = create_model(model, norm=spec, num_classes=num_classes, width_mult=width_mult, **kw)
         m = m.train().to(device=device, memory_format=fmt)
-        set_fused(m, fused)
-        variants.append(_model_variant(name, m, x, y, compiled, amp, backend))
+        set_fused(m, path != "reference")
+        variants.append(_model_variant(name, m, x, y, compiled, amp, backend, path == "cpp"))
     desc = f"{model} batch {batch} {'channels_last' if channels_last else 'contiguous'}"
     times = _time_rounds(
         variants, repeats, warmup, desc + (" compiled" if compiled else ""), device
@@ -284,9 +295,11 @@ def run_benchmarks(
     repeats: int = 10,
     compiled: list[str] | None = None,
     layer_shape: tuple[int, int, int, int] = (128, 64, 16, 16),
+    cpp: bool = False,
 ) -> dict[str, Any]:
     """All tables: layers and models, contiguous and channels_last, plus ``torch.compile``'d
-    models for those in ``compiled``; writes ``bench.json`` and ``bench.md`` under ``out``."""
+    models for those in ``compiled`` (``cpp``: eager GN+PN with the C++ kernel too); writes
+    ``bench.json`` and ``bench.md`` under ``out``."""
     compiled = compiled or []
     results: dict[str, Any] = {"environment": environment(), "tables": []}
     for cl in (False, True):
@@ -311,6 +324,7 @@ def run_benchmarks(
                     compiled=comp,
                     repeats=repeats,
                     width_mult=s["width_mult"],
+                    cpp=cpp and not comp,
                 )
                 what = f"{s['label']} batch {s['batch']} {s['size']}x{s['size']} {fmt}"
                 results["tables"].append(

@@ -234,7 +234,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     results = run_benchmarks(
-        args.out, _split(args.models), args.repeats, _split(args.compile or "")
+        args.out, _split(args.models), args.repeats, _split(args.compile or ""), cpp=args.cpp
     )
     from proxynorm.bench import markdown
 
@@ -470,6 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--threads", type=_at_least(0), default=0, help="torch threads (0: PyTorch default)"
+    )
+    p.add_argument(
+        "--cpp",
+        action="store_true",
+        help="also time eager GN+PN with the opt-in C++ kernel (built on first use, ~1 min)",
     )
     p.add_argument("--out", default="runs/bench", help="output directory (JSON + Markdown)")
     p.set_defaults(func=_cmd_bench)

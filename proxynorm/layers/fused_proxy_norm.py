@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from proxynorm.layers import cpp_kernel
 from proxynorm.layers.activation import Act, get_act
 from proxynorm.layers.precision import upcast
 
@@ -376,6 +377,12 @@ def _fused(x, weight, bias, proxy_weight, proxy_bias, quantiles, act, proxy_eps,
         cdt = upcast(x).dtype
         m, r = (_as(s, cdt) for s in stats)
         return _as(_step(x, _as(weight, cdt), _as(bias, cdt), m, r, act, groups, eps)[0], x.dtype)
+    if not _compiling() and not torch.jit.is_tracing():
+        params = (weight, bias, proxy_weight, proxy_bias)
+        if cpp_kernel.applies(x, params, act.name, groups):
+            return cpp_kernel.group_norm_proxy_act(
+                x, *params, quantiles, act.name, proxy_eps, scale, groups, eps
+            )
     return _ProxyNormActFunction.apply(
         x, weight, bias, proxy_weight, proxy_bias, quantiles, act, proxy_eps, scale, groups, eps
     )

@@ -1,0 +1,182 @@
+"""The opt-in C++ GN+PN kernel against the reference composition and the Python fused path.
+
+It is built once per test session (about a minute, cached under ~/.cache/torch_extensions). If it
+cannot be built here (no C++ compiler), the tests that need it skip and say why; the fallback
+tests below run regardless.
+"""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck
+
+from proxynorm.layers import cpp_kernel
+from proxynorm.layers.activation import get_act
+from proxynorm.layers.fused_proxy_norm import fused_proxy_norm_act
+from proxynorm.layers.proxy_norm import proxy_norm_act, proxy_quantiles
+from proxynorm.models import create_model
+
+
+@pytest.fixture(scope="module")
+def built():
+    saved = dict(cpp_kernel._state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ok = cpp_kernel.use_cpp_kernel(True)
+    if not ok:
+        cpp_kernel._state.update(saved)
+        pytest.skip(f"the C++ kernel could not be built here: {cpp_kernel.cpp_kernel_error()}")
+    cpp_kernel.use_cpp_kernel(False)
+    yield
+    cpp_kernel._state.update(saved)
+
+
+@pytest.fixture
+def kernel(built):
+    cpp_kernel.use_cpp_kernel(True)
+    yield
+    cpp_kernel.use_cpp_kernel(False)
+
+
+def _inputs(shape=(3, 6, 4, 5), affine=True, dtype=torch.float64, seed=0, channels_last=False):
+    g = torch.Generator().manual_seed(seed)
+    c = shape[1]
+
+    def r(scale, shift=0.0):
+        return (shift + scale * torch.randn(c, generator=g, dtype=dtype)).requires_grad_()
+
+    x = 2 * torch.randn(*shape, generator=g, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    proxy = (r(0.2), r(0.2)) if affine else (None, None)
+    return x.requires_grad_(), r(0.3, 1.0), r(0.3), *proxy
+
+
+def _node(out):
+    return out.grad_fn.name()  # "GroupNormProxyAct" for the kernel's C++ node
+
+
+@pytest.mark.parametrize("act", ["relu", "identity"])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("scale", [True, False])
+@pytest.mark.parametrize(
+    "shape,groups,cl",
+    [
+        ((3, 6, 4, 5), 2, False),
+        ((3, 6, 4, 5), 3, True),
+        ((3, 6, 4, 5), 1, False),
+        ((5, 6), 6, False),
+    ],
+)
+def test_kernel_matches_reference_float64(kernel, act, affine, scale, shape, groups, cl):
+    q = proxy_quantiles(32)
+    args = _inputs(shape, affine, channels_last=cl)
+    y = F.group_norm(args[0], groups, eps=1e-5)
+    ref = proxy_norm_act(y, *args[1:], act=act, eps=0.03, scale=scale, quantiles=q)
+    out = fused_proxy_norm_act(*args, q, get_act(act), 0.03, scale, groups, 1e-5)
+    assert "GroupNormProxyAct" in _node(out)  # the kernel ran, not the Python Function
+    grad = torch.randn_like(ref)
+    inputs = [a for a in args if a is not None]
+    expected = torch.autograd.grad(ref, inputs, grad)
+    got = torch.autograd.grad(out, inputs, grad)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+    for e, o in zip(expected, got, strict=True):
+        torch.testing.assert_close(o, e, rtol=0, atol=1e-10)
+    if cl:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("act", ["relu", "identity"])
+@pytest.mark.parametrize("scale", [True, False])
+def test_gradcheck_kernel(kernel, act, scale):
+    q = proxy_quantiles(16)
+    x, w, b, pw, pb = _inputs((2, 4, 3, 3), seed=1)
+
+    def f(*a):
+        return fused_proxy_norm_act(*a, q, get_act(act), 0.03, scale, 2, 1e-5)
+
+    assert "GroupNormProxyAct" in _node(f(x, w, b, pw, pb))
+    assert gradcheck(f, (x, w, b, pw, pb))
+
+
+def test_kernel_training_step_matches_python_path(built):
+    # A whole gn+pn resnet20 step in float64: same loss and gradients as the Python fused path.
+    # (In float32 the two differ at ReLU kinks: m, r rounded differently flip single mask entries,
+    # as any two float32 implementations do; the kernel's proxy statistics are in double.)
+    torch.manual_seed(0)
+    model = create_model("resnet20", norm="gn+pn", groups=4, num_classes=10).double().train()
+    x, y = torch.randn(4, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (4,))
+    results = []
+    for on in (False, True):
+        cpp_kernel.use_cpp_kernel(on)
+        model.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    cpp_kernel.use_cpp_kernel(False)
+    (l0, g0), (l1, g1) = results
+    torch.testing.assert_close(l1, l0, rtol=0, atol=1e-12)
+    for a, b in zip(g0, g1, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-10)
+
+
+def test_kernel_masks_exactly_where_the_output_is_clamped(kernel):
+    # Float32: the ReLU mask in backward compares with the same -m r the forward clamped at.
+    q = proxy_quantiles(256).float()
+    x, w, b, pw, pb = _inputs((8, 16, 6, 6), dtype=torch.float32, seed=3)
+    out = fused_proxy_norm_act(x, w, b, pw, pb, q, get_act("relu"), 0.03, True, 4, 1e-5)
+    gx, gw = torch.autograd.grad(out, (x, w), torch.ones_like(out))
+    cpp_kernel.use_cpp_kernel(False)
+    out2 = fused_proxy_norm_act(x, w, b, pw, pb, q, get_act("relu"), 0.03, True, 4, 1e-5)
+    gx2, gw2 = torch.autograd.grad(out2, (x, w), torch.ones_like(out2))
+    torch.testing.assert_close(out, out2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gw, gw2, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gx, gx2, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["silu", "float16", "bfloat16", "no groups", "float64 params on float32 x", "compile"],
+)
+def test_kernel_is_used_only_where_it_computes_the_same(kernel, case):
+    q = proxy_quantiles(32)
+    act, groups = "relu", 2
+    x, w, b, pw, pb = _inputs(dtype=torch.float32)
+    if case == "silu":
+        act = "silu"
+    elif case in ("float16", "bfloat16"):
+        x = x.detach().to(getattr(torch, case)).requires_grad_()
+    elif case == "no groups":
+        groups = None
+    elif case == "float64 params on float32 x":
+        w = w.detach().double().requires_grad_()
+    if case == "compile":
+        fn = torch.compile(
+            lambda *a: fused_proxy_norm_act(*a, q, get_act(act), 0.03, True, groups, 1e-5),
+            backend="eager",
+            fullgraph=True,
+        )
+        out = fn(x, w, b, pw, pb)  # traced through the Python Function: no graph break
+        assert "GroupNormProxyAct" not in _node(out)
+        return
+    out = fused_proxy_norm_act(x, w, b, pw, pb, q, get_act(act), 0.03, True, groups, 1e-5)
+    assert "GroupNormProxyAct" not in _node(out) and out.grad_fn is not None
+
+
+def test_build_failure_warns_and_keeps_the_python_path(monkeypatch):
+    import torch.utils.cpp_extension as ext
+
+    def fail(**kwargs):
+        raise RuntimeError("Error building extension 'proxynorm_gn_pn'\nno compiler")
+
+    monkeypatch.setattr(ext, "load", fail)
+    monkeypatch.setattr(cpp_kernel, "_state", {"wanted": False, "module": None, "error": None})
+    with pytest.warns(RuntimeWarning, match="could not be built .*no compiler"):
+        assert cpp_kernel.use_cpp_kernel(True) is False
+    assert "no compiler" in cpp_kernel.cpp_kernel_error()
+    x, w, b, pw, pb = _inputs(dtype=torch.float32)
+    out = fused_proxy_norm_act(x, w, b, pw, pb, proxy_quantiles(32), get_act("relu"), 0.03,
+                               True, 2, 1e-5)  # fmt: skip
+    assert "GroupNormProxyAct" not in _node(out)
