@@ -89,6 +89,26 @@ def test_kernel_matches_reference_float64(kernel, act, affine, scale, shape, gro
 
 
 @pytest.mark.parametrize("act", ["relu", "identity"])
+def test_kernel_closed_form_at_edge_parameters(kernel, act):
+    # gamma = 0, negative and tiny gammas, |beta| >> |gamma| (all quantiles on one side of the
+    # kink, where a one-pass variance would cancel), and unsorted quantiles.
+    q = proxy_quantiles(64)[torch.randperm(64, generator=torch.Generator().manual_seed(0))]
+    x = torch.randn(2, 8, 3, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([0.0, -1.5, 1e-9, -1e-9, 2.0, 0.7, -0.3, 1.0], dtype=torch.float64)
+    b = torch.tensor([0.5, 0.2, -0.1, 0.1, 60.0, -60.0, 1e-3, 0.0], dtype=torch.float64)
+    pw, pb = 0.1 * torch.randn(8, dtype=torch.float64), 0.1 * torch.randn(8, dtype=torch.float64)
+    args = [x] + [t.requires_grad_() for t in (w, b, pw, pb)]
+    y = F.group_norm(x, 4, eps=1e-5)
+    ref = proxy_norm_act(y, *args[1:], act=act, eps=0.03, scale=True, quantiles=q)
+    out = fused_proxy_norm_act(*args, q, get_act(act), 0.03, True, 4, 1e-5)
+    assert "GroupNormProxyAct" in _node(out)
+    grad = torch.randn_like(ref)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+    for e, o in zip(torch.autograd.grad(ref, args, grad), torch.autograd.grad(out, args, grad)):
+        torch.testing.assert_close(o, e, rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("act", ["relu", "identity"])
 @pytest.mark.parametrize("scale", [True, False])
 def test_gradcheck_kernel(kernel, act, scale):
     q = proxy_quantiles(16)

@@ -3,9 +3,10 @@
 // Labatie et al., NeurIPS 2021, Eq. (7); SPEC.md §2. The same computation and hand-derived
 // gradients as _ProxyNormActFunction in fused_proxy_norm.py (whose docstring derives them), for
 // the case that dominates PN's eager cost at small batches: the per-layer work that does not depend
-// on the batch. Here the proxy statistics (C x n values) are one loop per channel in double
-// precision, forward and backward, and the input-sized passes are PyTorch's native kernels, so a
-// call costs a few dispatches instead of ~40 Python-level operators.
+// on the batch. Here the proxy statistics of the C x n values and their gradients are closed
+// forms over prefix sums of the sorted quantiles (O(C log n), double precision), the ReLU mask and
+// the channel sums of the gradient one branch-free pass, and the rest PyTorch's native GroupNorm
+// kernels, so a call costs a few dispatches instead of ~40 Python-level operators.
 //
 //   u~_i = A q_i + B,  A = w (1 + pw),  B = b + w pb,  z~_i = phi(u~_i)
 //   m = mean z~,  r = 1 / sqrt(var z~ + proxy_eps)  (r = 1 without scale)
@@ -34,45 +35,108 @@ std::vector<int64_t> channel_shape(const Tensor& x) {
   return shape;
 }
 
-Tensor as_double(const std::optional<Tensor>& t, int64_t C) {
-  return t.has_value() && t->defined() ? t->detach().to(torch::kDouble).contiguous()
-                                       : torch::zeros({C}, torch::kDouble);
+// A (C,) tensor of any floating dtype as doubles (zeros for an absent optional one).
+std::vector<double> to_vec(const Tensor& t) {
+  const Tensor tc = t.detach().contiguous();
+  std::vector<double> v(tc.numel());
+  AT_DISPATCH_FLOATING_TYPES(tc.scalar_type(), "to_vec", [&] {
+    const scalar_t* src = tc.data_ptr<scalar_t>();
+    for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<double>(src[i]);
+  });
+  return v;
 }
 
+std::vector<double> to_vec(const std::optional<Tensor>& t, int64_t C) {
+  return t.has_value() && t->defined() ? to_vec(*t) : std::vector<double>(C, 0.0);
+}
+
+// A (C,) tensor with ``options`` (rounded once from double).
+Tensor from_vec(const std::vector<double>& v, const at::TensorOptions& options) {
+  Tensor t = torch::empty({static_cast<int64_t>(v.size())}, options);
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "from_vec", [&] {
+    scalar_t* dst = t.data_ptr<scalar_t>();
+    for (size_t i = 0; i < v.size(); ++i) dst[i] = static_cast<scalar_t>(v[i]);
+  });
+  return t;
+}
+
+// γ, β, γ~, β~ in double, with u~ = A q + B: A = γ (1 + γ~), B = β + γ β~.
 struct Params {
-  Tensor w, b, pw, pb, q;  // double, contiguous
+  std::vector<double> w, b, pw, pb;
+  Params(const Tensor& weight, const Tensor& bias, const std::optional<Tensor>& proxy_weight,
+         const std::optional<Tensor>& proxy_bias)
+      : w(to_vec(weight)), b(to_vec(bias)), pw(to_vec(proxy_weight, weight.numel())),
+        pb(to_vec(proxy_bias, weight.numel())) {}
+  int64_t C() const { return static_cast<int64_t>(w.size()); }
+  double A(int64_t c) const { return w[c] * (1.0 + pw[c]); }
+  double B(int64_t c) const { return b[c] + w[c] * pb[c]; }
 };
 
-Params params(const Tensor& w, const Tensor& b, const std::optional<Tensor>& pw,
-              const std::optional<Tensor>& pb, const Tensor& q) {
-  const int64_t C = w.numel();
-  return {w.detach().to(torch::kDouble).contiguous(), b.detach().to(torch::kDouble).contiguous(),
-          as_double(pw, C), as_double(pb, C), q.detach().to(torch::kDouble).contiguous()};
+// The quantiles in ascending order with prefix sums of q and q^2. phi = ReLU is zero below
+// its kink and linear above it, and u~ = A q + B is monotone in q, so the proxy's sums over the
+// active quantiles (u~_i > 0) are differences of prefix sums: O(log n) per channel instead of
+// O(n), forward and backward. The sums do not depend on the quantiles' order (sorted if needed).
+struct Quantiles {
+  std::vector<double> q, p1, p2;  // sorted q; p1[k] = sum_{i<k} q_i, p2[k] = sum_{i<k} q_i^2
+  explicit Quantiles(const Tensor& qt) : q(to_vec(qt)) {
+    if (!std::is_sorted(q.begin(), q.end())) std::sort(q.begin(), q.end());
+    p1.assign(q.size() + 1, 0.0);
+    p2.assign(q.size() + 1, 0.0);
+    for (size_t i = 0; i < q.size(); ++i) {
+      p1[i + 1] = p1[i] + q[i];
+      p2[i + 1] = p2[i] + q[i] * q[i];
+    }
+  }
+  int64_t n() const { return static_cast<int64_t>(q.size()); }
+};
+
+// Over the quantiles where phi'(u~) = 1 (all of them for identity; u~ > 0 exactly, as the
+// Python path's mask, for ReLU): their count and the sums of q and q^2.
+struct Active {
+  double cnt, s1, s2;
+};
+
+Active active(const Quantiles& qs, double A, double B, bool relu) {
+  const int64_t n = qs.n();
+  int64_t lo = 0, hi = n;
+  if (relu) {
+    const auto pos = [&](double v) { return A * v + B > 0.0; };  // monotone in v
+    if (A > 0.0)
+      lo = std::partition_point(qs.q.begin(), qs.q.end(), [&](double v) { return !pos(v); }) -
+           qs.q.begin();
+    else if (A < 0.0)
+      hi = std::partition_point(qs.q.begin(), qs.q.end(), pos) - qs.q.begin();
+    else if (!(B > 0.0))
+      hi = 0;
+  }
+  return {static_cast<double>(hi - lo), qs.p1[hi] - qs.p1[lo], qs.p2[hi] - qs.p2[lo]};
 }
 
-// m, r (double, (C,)) of the proxy: two passes per channel (population variance).
-std::pair<Tensor, Tensor> proxy_stats(const Params& p, bool relu, bool scale, double peps) {
-  const int64_t C = p.w.numel(), n = p.q.numel();
-  Tensor m = torch::empty({C}, torch::kDouble), r = torch::empty({C}, torch::kDouble);
-  const double *w = p.w.data_ptr<double>(), *b = p.b.data_ptr<double>();
-  const double *pw = p.pw.data_ptr<double>(), *pb = p.pb.data_ptr<double>();
-  const double* q = p.q.data_ptr<double>();
-  double *mp = m.data_ptr<double>(), *rp = r.data_ptr<double>();
+// m and r (double, per channel) of the proxy, the population variance in a centered form
+// (c = B - m): n var = sum_active (A q + c)^2 + (n - cnt) m^2
+//                    = A^2 s2 + 2 A c s1 + c^2 cnt + (n - cnt) m^2.
+struct Stats {
+  std::vector<double> m, r;
+};
+
+Stats proxy_stats(const Params& p, const Quantiles& qs, bool relu, bool scale, double peps) {
+  const int64_t C = p.C();
+  const double n = static_cast<double>(qs.n());
+  Stats st{std::vector<double>(C), std::vector<double>(C)};
   for (int64_t c = 0; c < C; ++c) {
-    const double A = w[c] * (1.0 + pw[c]), B = b[c] + w[c] * pb[c];
-    double s = 0.0;
-    const double floor = relu ? 0.0 : -INFINITY;  // phi(u) = max(u, floor): no branch
-    for (int64_t i = 0; i < n; ++i) s += std::max(A * q[i] + B, floor);
-    const double mean = s / n;
-    double v = 0.0;
-    for (int64_t i = 0; i < n; ++i) {
-      const double d = std::max(A * q[i] + B, floor) - mean;
-      v += d * d;
+    const double A = p.A(c), B = p.B(c);
+    if (std::isnan(A) || std::isnan(B)) {  // as phi(NaN) = NaN on the Python path
+      st.m[c] = st.r[c] = std::nan("");
+      continue;
     }
-    mp[c] = mean;
-    rp[c] = scale ? 1.0 / std::sqrt(v / n + peps) : 1.0;
+    const Active a = active(qs, A, B, relu);
+    const double mean = (A * a.s1 + B * a.cnt) / n, cc = B - mean;
+    const double var =
+        (A * A * a.s2 + 2.0 * A * cc * a.s1 + cc * cc * a.cnt + (n - a.cnt) * mean * mean) / n;
+    st.m[c] = mean;
+    st.r[c] = scale ? 1.0 / std::sqrt(std::max(var, 0.0) + peps) : 1.0;
   }
-  return {m, r};
+  return st;
 }
 
 // PyTorch's native GroupNorm; float32 statistics that overflowed (|x| >~ 1e19 on the contiguous
@@ -106,24 +170,23 @@ inline void select_where_above(const T* __restrict__ src, const T* __restrict__ 
   }
 }
 
-// One pass over g (contiguous x): go = g where out > -m r (ReLU's mask: u > 0 exactly there, since out is
-// clamped at -m r and r > 0; identity: go = g) and gsum = sum of g per channel (in double).
+// One pass over g (contiguous x): go = g where out > lo = -m r (ReLU's mask: u > 0 exactly there,
+// since out was clamped at lo and r > 0; identity: go = g) and the sum of g per channel (double).
 // x, out and the returned go are dense in x's memory format; g is made so. In channels_last the
 // channel sums are ATen's reduction (a second, vectorized pass).
-std::pair<Tensor, Tensor> masked_grad(const Tensor& g_in, const Tensor& out, const Tensor& mr,
-                                      bool relu) {
+std::pair<Tensor, std::vector<double>> masked_grad(const Tensor& g_in, const Tensor& out,
+                                                   const Tensor& lo_t, bool relu) {
   const auto fmt = out.suggest_memory_format();
   const Tensor g = g_in.contiguous(fmt);
   const int64_t N = out.size(0), C = out.size(1), HW = out.numel() / (N * C);
   Tensor go = relu ? torch::empty_like(out) : g;
-  Tensor gsum = torch::zeros({C}, torch::kDouble);
-  double* gs = gsum.data_ptr<double>();
+  std::vector<double> gsum(C, 0.0);
+  double* gs = gsum.data();
   const bool channels_last = fmt == at::MemoryFormat::ChannelsLast && out.dim() == 4;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "masked_grad", [&] {
     const scalar_t* gp = g.data_ptr<scalar_t>();
     const scalar_t* op = out.data_ptr<scalar_t>();
     scalar_t* gop = go.data_ptr<scalar_t>();
-    const Tensor lo_t = mr.neg().contiguous();
     const scalar_t* lo = lo_t.data_ptr<scalar_t>();
     if (!channels_last) {  // planes of HW values, one channel each
       const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(N * HW, 1));
@@ -151,7 +214,7 @@ std::pair<Tensor, Tensor> masked_grad(const Tensor& g_in, const Tensor& out, con
         });
     }
   });
-  if (channels_last) gsum = g.sum({0, 2, 3}).to(torch::kDouble);
+  if (channels_last) gsum = to_vec(g.sum({0, 2, 3}));
   return {go, gsum};
 }
 
@@ -160,78 +223,75 @@ struct GroupNormProxyAct : public torch::autograd::Function<GroupNormProxyAct> {
                         const Tensor& bias, const std::optional<Tensor>& proxy_weight,
                         const std::optional<Tensor>& proxy_bias, const Tensor& quantiles,
                         bool relu, double proxy_eps, bool scale, int64_t groups, double eps) {
-    const auto opts = x.options();
     const Tensor xc = x.contiguous(x.suggest_memory_format());
-    const Params p = params(weight, bias, proxy_weight, proxy_bias, quantiles);
-    auto [m, r] = proxy_stats(p, relu, scale, proxy_eps);
-    const Tensor mt = m.to(opts), rt = r.to(opts), wt = weight.detach().to(opts);
-    const Tensor bt = bias.detach().to(opts), mr = mt * rt;
-    auto [out, mean, rstd] = group_norm(xc, wt * rt, bt * rt - mr, groups, eps);
-    if (relu) out.clamp_min_(mr.neg().view(channel_shape(x)));
+    const Params p(weight, bias, proxy_weight, proxy_bias);
+    const Stats st = proxy_stats(p, Quantiles(quantiles), relu, scale, proxy_eps);
+    const int64_t C = p.C();
+    // out = max(w r y + (b - m) r, lo), lo = -m r: the affine of the native GroupNorm, a clamp
+    std::vector<double> wr(C), shift(C), lo(C);
+    for (int64_t c = 0; c < C; ++c) {
+      wr[c] = p.w[c] * st.r[c];
+      lo[c] = -st.m[c] * st.r[c];
+      shift[c] = p.b[c] * st.r[c] + lo[c];
+    }
+    const Tensor wr_t = from_vec(wr, x.options()), lo_t = from_vec(lo, x.options());
+    auto [out, mean, rstd] = group_norm(xc, wr_t, from_vec(shift, x.options()), groups, eps);
+    if (relu) out.clamp_min_(lo_t.view(channel_shape(x)));
     ctx->saved_data["relu"] = relu;
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["groups"] = groups;
-    ctx->saved_data["has_pw"] = proxy_weight.has_value() && proxy_weight->defined();
-    ctx->saved_data["has_pb"] = proxy_bias.has_value() && proxy_bias->defined();
-    ctx->save_for_backward({xc, p.w, p.b, p.pw, p.pb, p.q, m, r, out, mean, rstd});
+    ctx->saved_data["proxy_eps"] = proxy_eps;
+    const Tensor none;
+    ctx->save_for_backward({xc, weight, bias, proxy_weight.value_or(none),
+                            proxy_bias.value_or(none), quantiles, wr_t, lo_t, out, mean, rstd});
     return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const Tensor &x = saved[0], &out = saved[8], &mean = saved[9], &rstd = saved[10];
-    const Params p{saved[1], saved[2], saved[3], saved[4], saved[5]};
-    const Tensor &m = saved[6], &r = saved[7];
+    const Tensor &x = saved[0], &wr = saved[6], &lo = saved[7], &out = saved[8];
+    const bool has_pw = saved[3].defined(), has_pb = saved[4].defined();
+    const Params p(saved[1], saved[2], has_pw ? std::optional<Tensor>(saved[3]) : std::nullopt,
+                   has_pb ? std::optional<Tensor>(saved[4]) : std::nullopt);
     const bool relu = ctx->saved_data["relu"].toBool(), scale = ctx->saved_data["scale"].toBool();
-    const int64_t groups = ctx->saved_data["groups"].toInt();
-    const auto opts = x.options();
-    const int64_t N = x.size(0), C = x.size(1), HW = x.numel() / (N * C), n = p.q.numel();
+    const Quantiles qs(saved[5]);
+    // m, r recomputed (O(C log n)) exactly as forward did
+    const Stats st = proxy_stats(p, qs, relu, scale, ctx->saved_data["proxy_eps"].toDouble());
+    const int64_t N = x.size(0), C = x.size(1), HW = x.numel() / (N * C);
+    const double n = static_cast<double>(qs.n());
 
-    const Tensor rt = r.to(opts);
-    // m r exactly as forward computed it (the clamp value): the mask compares against it
-    auto [go, gsum] = masked_grad(grads[0], out, m.to(opts) * rt, relu);  // go = g phi'(u), sum of g
-    auto [gx, gw_y, gb_y] = at::native_group_norm_backward(
-        go, x, mean, rstd, p.w.to(opts) * rt, N, C, HW, groups,
+    auto [go, gsum] = masked_grad(grads[0], out, lo, relu);  // go = g phi'(u); sum of g
+    auto [gx, gw_t, gb_t] = at::native_group_norm_backward(
+        go, x, saved[9], saved[10], wr, N, C, HW, ctx->saved_data["groups"].toInt(),
         {ctx->needs_input_grad(0), true, true});
-    const Tensor gw = gw_y.to(torch::kDouble).contiguous(), gb = gb_y.to(torch::kDouble).contiguous();
+    const std::vector<double> gwy = to_vec(gw_t), gby = to_vec(gb_t);  // sum go y, sum go
 
-    Tensor grad_w = torch::empty({C}, torch::kDouble), grad_b = torch::empty({C}, torch::kDouble);
-    Tensor grad_pw = torch::empty({C}, torch::kDouble), grad_pb = torch::empty({C}, torch::kDouble);
-    const double *w = p.w.data_ptr<double>(), *b = p.b.data_ptr<double>();
-    const double *pw = p.pw.data_ptr<double>(), *pb = p.pb.data_ptr<double>();
-    const double *q = p.q.data_ptr<double>(), *mp = m.data_ptr<double>(), *rp = r.data_ptr<double>();
-    const double *gs = gsum.data_ptr<double>(), *gwp = gw.data_ptr<double>(), *gbp = gb.data_ptr<double>();
-    double *ow = grad_w.data_ptr<double>(), *ob = grad_b.data_ptr<double>();
-    double *opw = grad_pw.data_ptr<double>(), *opb = grad_pb.data_ptr<double>();
+    std::vector<double> grad_w(C), grad_b(C), grad_pw(C), grad_pb(C);
     for (int64_t c = 0; c < C; ++c) {
-      const double rc = rp[c], mc = mp[c];
+      const double rc = st.r[c], mc = st.m[c], w = p.w[c];
       // dL/dr = sum g (phi(u) - m) = w sum go y + b sum go - m sum g (phi homogeneous)
-      const double grad_r = w[c] * gwp[c] + b[c] * gbp[c] - mc * gs[c];
-      const double grad_m = -rc * gs[c];
+      const double grad_r = w * gwy[c] + p.b[c] * gby[c] - mc * gsum[c];
+      const double grad_m = -rc * gsum[c];
       const double coef = scale ? -rc * rc * rc * grad_r : 0.0;  // 2 dL/dvar
-      const double A = w[c] * (1.0 + pw[c]), B = b[c] + w[c] * pb[c];
-      double gA = 0.0, gB = 0.0;
-      for (int64_t i = 0; i < n; ++i) {
-        const double u = A * q[i] + B;
-        const double on = relu ? static_cast<double>(u > 0.0) : 1.0;  // phi'(u~)
-        const double du = on * (grad_m + coef * (u - mc)) / n;  // z~ = u~ where phi' = 1
-        gA += du * q[i];
-        gB += du;
-      }
-      ow[c] = rc * gwp[c] + gA * (1.0 + pw[c]) + gB * pb[c];
-      ob[c] = rc * gbp[c] + gB;
-      opw[c] = w[c] * gA;
-      opb[c] = w[c] * gB;
+      const double A = p.A(c), B = p.B(c), cc = B - mc;
+      // du~_i = phi'(u~_i) (dL/dm + 2 dL/dvar (z~_i - m)) / n, z~_i = u~_i where phi' = 1;
+      // dL/dA = sum du~_i q_i, dL/dB = sum du~_i, in closed form over the active quantiles.
+      const Active a = active(qs, A, B, relu);
+      const double gA = (grad_m * a.s1 + coef * (A * a.s2 + cc * a.s1)) / n;
+      const double gB = (grad_m * a.cnt + coef * (A * a.s1 + cc * a.cnt)) / n;
+      grad_w[c] = rc * gwy[c] + gA * (1.0 + p.pw[c]) + gB * p.pb[c];
+      grad_b[c] = rc * gby[c] + gB;
+      grad_pw[c] = w * gA;
+      grad_pb[c] = w * gB;
     }
-    const bool has_pw = ctx->saved_data["has_pw"].toBool(), has_pb = ctx->saved_data["has_pb"].toBool();
-    auto cast = [&](const Tensor& t, int64_t i) {
-      return ctx->needs_input_grad(i) ? t.to(opts) : Tensor();
+    auto grad = [&](const std::vector<double>& v, int64_t i, bool present) {
+      return present && ctx->needs_input_grad(i) ? from_vec(v, saved[i].options()) : Tensor();
     };
     return {gx,
-            cast(grad_w, 1),
-            cast(grad_b, 2),
-            has_pw ? cast(grad_pw, 3) : Tensor(),
-            has_pb ? cast(grad_pb, 4) : Tensor(),
+            grad(grad_w, 1, true),
+            grad(grad_b, 2, true),
+            grad(grad_pw, 3, has_pw),
+            grad(grad_pb, 4, has_pb),
             Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
