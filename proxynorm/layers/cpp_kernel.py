@@ -52,10 +52,14 @@ def _module() -> ModuleType | None:
         try:
             from torch.utils.cpp_extension import load
 
+            # OpenMP as PyTorch's own kernels (at::parallel_for runs serially without it); the
+            # process keeps PyTorch's OpenMP runtime (libgomp.so.1 is already loaded).
+            omp = ["-fopenmp"] if torch.backends.openmp.is_available() else []
             _state["module"] = load(
                 name="proxynorm_gn_pn",
                 sources=[str(_SOURCE)],
-                extra_cflags=["-O3"],
+                extra_cflags=["-O3", *omp],
+                extra_ldflags=omp,
                 verbose=False,
             )
         except Exception as err:  # noqa: BLE001 -- any build failure: keep the Python path

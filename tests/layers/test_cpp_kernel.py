@@ -104,7 +104,8 @@ def test_kernel_closed_form_at_edge_parameters(kernel, act):
     assert "GroupNormProxyAct" in _node(out)
     grad = torch.randn_like(ref)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
-    for e, o in zip(torch.autograd.grad(ref, args, grad), torch.autograd.grad(out, args, grad)):
+    expected, got = torch.autograd.grad(ref, args, grad), torch.autograd.grad(out, args, grad)
+    for e, o in zip(expected, got, strict=True):
         torch.testing.assert_close(o, e, rtol=1e-10, atol=1e-9)
 
 

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <type_traits>
 #include <optional>
 #include <vector>
@@ -172,8 +173,7 @@ inline void select_where_above(const T* __restrict__ src, const T* __restrict__ 
 
 // One pass over g (contiguous x): go = g where out > lo = -m r (ReLU's mask: u > 0 exactly there,
 // since out was clamped at lo and r > 0; identity: go = g) and the sum of g per channel (double).
-// x, out and the returned go are dense in x's memory format; g is made so. In channels_last the
-// channel sums are ATen's reduction (a second, vectorized pass).
+// x, out and the returned go are dense in x's memory format; g is made so.
 std::pair<Tensor, std::vector<double>> masked_grad(const Tensor& g_in, const Tensor& out,
                                                    const Tensor& lo_t, bool relu) {
   const auto fmt = out.suggest_memory_format();
@@ -206,15 +206,26 @@ std::pair<Tensor, std::vector<double>> masked_grad(const Tensor& g_in, const Ten
           gs[c] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
         }
       });
-    } else {  // rows of C values: the mask here, the channel sums by ATen's reduction
-      if (relu)
-        at::parallel_for(0, N * HW, 256, [&](int64_t r0, int64_t r1) {
-          for (int64_t row = r0; row < r1; ++row)
-            select_where_above<scalar_t, true>(gp + row * C, op + row * C, lo, gop + row * C, C);
-        });
+    } else {  // rows of C values; each chunk of rows sums into its own buffer, and the
+      // buffers are added in row order (the same result whichever thread ran which chunk)
+      std::mutex merge;
+      std::vector<std::pair<int64_t, std::vector<double>>> parts;
+      at::parallel_for(0, N * HW, 256, [&](int64_t r0, int64_t r1) {
+        std::vector<double> part(C, 0.0);
+        double* __restrict__ s = part.data();
+        for (int64_t row = r0; row < r1; ++row) {
+          const scalar_t* __restrict__ gi = gp + row * C;
+          for (int64_t c = 0; c < C; ++c) s[c] += gi[c];
+          if (relu) select_where_above<scalar_t, true>(gi, op + row * C, lo, gop + row * C, C);
+        }
+        std::lock_guard<std::mutex> guard(merge);
+        parts.emplace_back(r0, std::move(part));
+      });
+      std::sort(parts.begin(), parts.end());
+      for (const auto& part : parts)
+        for (int64_t c = 0; c < C; ++c) gs[c] += part.second[c];
     }
   });
-  if (channels_last) gsum = to_vec(g.sum({0, 2, 3}));
   return {go, gsum};
 }
 
