@@ -1,7 +1,8 @@
 """PN's fixed per-layer cost: forward + backward of one GN+ReLU and one GN+PN layer on small inputs,
 where the work that does not depend on the batch dominates. Median over interleaved calls.
 
-    OMP_NUM_THREADS=1 python benchmarks/pn_overhead.py
+    OMP_NUM_THREADS=1 python benchmarks/pn_overhead.py                  # Python fused path
+    OMP_NUM_THREADS=1 PROXYNORM_CPP=1 python benchmarks/pn_overhead.py  # opt-in C++ kernel
 """
 
 import statistics

@@ -12,3 +12,9 @@ proxynorm bench --models resnet20-b8 --compile resnet20-b8 --repeats 20 --out "$
 #    the OS after every step (fewer page faults; see docs/PERFORMANCE.md).
 MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 \
   proxynorm bench --models resnet20 --repeats 10 --out "$OUT/cpu-malloc"
+# 4. Every batch size of issue 19, eager, with the opt-in C++ GN+PN kernel beside the Python path
+#    (builds it first if needed, ~1 min), and PN's fixed per-layer cost on both paths.
+proxynorm bench --models resnet20,resnet20-b1,resnet20-b2,resnet20-b4,resnet20-b8,resnet50r-b2,resnet50r-b8 \
+  --cpp --repeats 10 --out "$OUT/cpu-cpp"
+OMP_NUM_THREADS=1 python benchmarks/pn_overhead.py > "$OUT/pn_overhead.md"
+OMP_NUM_THREADS=1 PROXYNORM_CPP=1 python benchmarks/pn_overhead.py > "$OUT/pn_overhead_cpp.md"
