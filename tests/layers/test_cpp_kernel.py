@@ -201,3 +201,15 @@ def test_build_failure_warns_and_keeps_the_python_path(monkeypatch):
     out = fused_proxy_norm_act(x, w, b, pw, pb, proxy_quantiles(32), get_act("relu"), 0.03,
                                True, 2, 1e-5)  # fmt: skip
     assert "GroupNormProxyAct" not in _node(out)
+
+
+def test_bench_times_the_kernel_beside_the_python_path(built):
+    from proxynorm.bench import bench_models
+
+    rows = bench_models(
+        "resnet20", batch=1, groups=2, repeats=1, warmup=0, width_mult=0.25, cpp=True
+    )
+    assert {"gn+pn (fused)", "gn+pn (C++)"} <= set(rows)
+    saved = rows["gn+pn (C++)"]["saved_mib"]
+    assert saved == pytest.approx(rows["gn+pn (fused)"]["saved_mib"], rel=0.05)
+    assert not cpp_kernel._state["wanted"]  # switched on for that variant's calls only
