@@ -213,3 +213,12 @@ def test_bench_times_the_kernel_beside_the_python_path(built):
     saved = rows["gn+pn (C++)"]["saved_mib"]
     assert saved == pytest.approx(rows["gn+pn (fused)"]["saved_mib"], rel=0.05)
     assert not cpp_kernel._state["wanted"]  # switched on for that variant's calls only
+
+
+def test_kernel_refuses_double_backward_instead_of_a_silently_wrong_one(kernel):
+    x, w, b, pw, pb = _inputs()
+    out = fused_proxy_norm_act(x, w, b, pw, pb, proxy_quantiles(32), get_act("relu"), 0.03,
+                               True, 2, 1e-5)  # fmt: skip
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)  # even with a constant grad_output
+    out.sum().backward()  # first-order backward is unaffected

@@ -259,6 +259,9 @@ struct GroupNormProxyAct : public torch::autograd::Function<GroupNormProxyAct> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(),  // on in backward exactly under create_graph=True
+                "proxynorm's C++ GN+PN kernel has no double backward (create_graph=True); "
+                "switch it off (proxynorm.use_cpp_kernel(False)) for higher-order gradients");
     const auto saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &wr = saved[6], &lo = saved[7], &out = saved[8];
     const bool has_pw = saved[3].defined(), has_pb = saved[4].defined();
