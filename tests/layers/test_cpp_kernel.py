@@ -49,7 +49,8 @@ def _inputs(shape=(3, 6, 4, 5), affine=True, dtype=torch.float64, seed=0, channe
 
     x = 2 * torch.randn(*shape, generator=g, dtype=dtype)
     if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        x = x.contiguous(memory_format=fmt)
     proxy = (r(0.2), r(0.2)) if affine else (None, None)
     return x.requires_grad_(), r(0.3, 1.0), r(0.3), *proxy
 
@@ -68,11 +69,14 @@ def _node(out):
         ((3, 6, 4, 5), 3, True),
         ((3, 6, 4, 5), 1, False),
         ((5, 6), 6, False),
+        ((2, 6, 7), 3, False),
+        ((2, 6, 3, 4, 2), 2, True),  # channels_last_3d
     ],
 )
 def test_kernel_matches_reference_float64(kernel, act, affine, scale, shape, groups, cl):
     q = proxy_quantiles(32)
     args = _inputs(shape, affine, channels_last=cl)
+    x_is_4d = len(shape) == 4
     y = F.group_norm(args[0], groups, eps=1e-5)
     ref = proxy_norm_act(y, *args[1:], act=act, eps=0.03, scale=scale, quantiles=q)
     out = fused_proxy_norm_act(*args, q, get_act(act), 0.03, scale, groups, 1e-5)
@@ -84,7 +88,7 @@ def test_kernel_matches_reference_float64(kernel, act, affine, scale, shape, gro
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
     for e, o in zip(expected, got, strict=True):
         torch.testing.assert_close(o, e, rtol=0, atol=1e-10)
-    if cl:
+    if cl and x_is_4d:
         assert out.is_contiguous(memory_format=torch.channels_last)
 
 

@@ -30,6 +30,14 @@ using torch::autograd::variable_list;
 
 namespace {
 
+// The layouts the kernel works in: 4-D channels_last as given, everything else contiguous (a 5-D
+// channels_last_3d input is copied).
+at::MemoryFormat layout(const Tensor& x) {
+  return x.dim() == 4 && x.suggest_memory_format() == at::MemoryFormat::ChannelsLast
+             ? at::MemoryFormat::ChannelsLast
+             : at::MemoryFormat::Contiguous;
+}
+
 std::vector<int64_t> channel_shape(const Tensor& x) {
   std::vector<int64_t> shape(x.dim(), 1);
   shape[1] = x.size(1);
@@ -176,13 +184,13 @@ inline void select_where_above(const T* __restrict__ src, const T* __restrict__ 
 // x, out and the returned go are dense in x's memory format; g is made so.
 std::pair<Tensor, std::vector<double>> masked_grad(const Tensor& g_in, const Tensor& out,
                                                    const Tensor& lo_t, bool relu) {
-  const auto fmt = out.suggest_memory_format();
+  const auto fmt = layout(out);
   const Tensor g = g_in.contiguous(fmt);
   const int64_t N = out.size(0), C = out.size(1), HW = out.numel() / (N * C);
   Tensor go = relu ? torch::empty_like(out) : g;
   std::vector<double> gsum(C, 0.0);
   double* gs = gsum.data();
-  const bool channels_last = fmt == at::MemoryFormat::ChannelsLast && out.dim() == 4;
+  const bool channels_last = fmt == at::MemoryFormat::ChannelsLast;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "masked_grad", [&] {
     const scalar_t* gp = g.data_ptr<scalar_t>();
     const scalar_t* op = out.data_ptr<scalar_t>();
@@ -234,7 +242,7 @@ struct GroupNormProxyAct : public torch::autograd::Function<GroupNormProxyAct> {
                         const Tensor& bias, const std::optional<Tensor>& proxy_weight,
                         const std::optional<Tensor>& proxy_bias, const Tensor& quantiles,
                         bool relu, double proxy_eps, bool scale, int64_t groups, double eps) {
-    const Tensor xc = x.contiguous(x.suggest_memory_format());
+    const Tensor xc = x.contiguous(layout(x));
     const Params p(weight, bias, proxy_weight, proxy_bias);
     const Stats st = proxy_stats(p, Quantiles(quantiles), relu, scale, proxy_eps);
     const int64_t C = p.C();
