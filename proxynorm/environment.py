@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 import proxynorm
+from proxynorm.layers import cpp_kernel
 
 
 def source_commit() -> str | None:
@@ -42,4 +43,6 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        # whether GN+PN steps may run on the opt-in C++ kernel (its float32 rounding differs)
+        "pn_cpp_kernel": cpp_kernel.in_use(),
     }

@@ -42,6 +42,12 @@ def use_cpp_kernel(enabled: bool = True) -> bool:
     return bool(enabled) and _module() is not None
 
 
+def in_use() -> bool:
+    """Whether the kernel is switched on and built (building it if it is on and not built yet);
+    it then runs wherever it applies."""
+    return bool(_state["wanted"]) and _module() is not None
+
+
 def cpp_kernel_error() -> str | None:
     """Why the kernel could not be built (``None`` if it was, or was never tried)."""
     return _state["error"]

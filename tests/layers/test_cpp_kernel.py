@@ -226,3 +226,15 @@ def test_kernel_refuses_double_backward_instead_of_a_silently_wrong_one(kernel):
     with pytest.raises(RuntimeError, match="no double backward"):
         torch.autograd.grad(out.sum(), x, create_graph=True)  # even with a constant grad_output
     out.sum().backward()  # first-order backward is unaffected
+
+
+def test_environment_records_whether_the_kernel_is_in_use(built):
+    from proxynorm.environment import environment
+
+    cpp_kernel.use_cpp_kernel(False)
+    assert environment()["pn_cpp_kernel"] is False
+    cpp_kernel.use_cpp_kernel(True)
+    try:
+        assert environment()["pn_cpp_kernel"] is True
+    finally:
+        cpp_kernel.use_cpp_kernel(False)
