@@ -72,10 +72,12 @@ def _proxy(weight, bias, proxy_weight, proxy_bias, q: Tensor, act: Act, proxy_ep
     all in ``cdt``."""
     util = _proxy_u(*_proxy_affine(weight, bias, proxy_weight, proxy_bias, cdt), q)
     keep_u = act.name not in ("relu", "identity")
-    z = act(util) if keep_u else act.apply_(util)
+    # In place except where autograd records or a trace (which may run backward later) does.
+    tracked = torch.jit.is_tracing() or (torch.is_grad_enabled() and util.requires_grad)
+    z = act(util) if keep_u or tracked else act.apply_(util)
     # Two-pass population variance: torch.var_mean over 256-wide rows is much slower on CPU.
     mean = z.mean(1, keepdim=True)
-    centered = z.sub_(mean)
+    centered = z - mean if tracked else z.sub_(mean)
     if scale:
         r = torch.rsqrt((centered * centered).mean(1).add_(proxy_eps))
     else:

@@ -296,9 +296,12 @@ class ProxyNormAct(nn.Module):
 
     def _fused(self, x: Tensor, groups: int | None = None, eps: float = 1e-5) -> Tensor:
         stats = None
-        if not (torch.is_grad_enabled() and x.requires_grad):
-            # Inference: (m, r) from the cache; under torch.jit.trace as traced ops instead.
-            stats = self.inference_stats() if torch.jit.is_tracing() else self._cached_stats()
+        if torch.jit.is_tracing() and not self.training:
+            # (m, r) as traced ops: the Function would be an opaque node, and whether it is taken
+            # would depend on requires_grad, which trace's own check run turns off.
+            stats = self.inference_stats()
+        elif not (torch.is_grad_enabled() and x.requires_grad):
+            stats = self._cached_stats()  # inference: (m, r) from the cache
         return fused_proxy_norm_act(x, *self.pn_args(), groups, eps, stats=stats)
 
     def after(self, norm: nn.Module, x: Tensor) -> Tensor:

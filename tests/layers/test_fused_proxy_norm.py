@@ -1,5 +1,7 @@
 """The fused PN Function against the reference composition of PyTorch ops."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -277,3 +279,22 @@ def test_eval_cache_is_never_stale_whatever_edits_the_parameters(spec, edit):
     with torch.no_grad():
         xi = x.to(layer.act.weight.dtype)
         torch.testing.assert_close(layer(xi), fresh(xi), rtol=1e-6, atol=1e-6)
+
+
+def test_jit_trace_of_an_eval_model_passes_its_check_and_backpropagates():
+    # Parameters require grad (as after training): trace's own check run must see the same graph
+    # (it used to: the Function with grad, traced ops without, and the check failed), and
+    # backward through the trace must match eager.
+    torch.manual_seed(0)
+    model = create_model("resnet20", norm="gn+pn", groups=4, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(model, x)  # check_trace=True
+    torch.testing.assert_close(traced(x), model(x), rtol=0, atol=1e-6)
+    traced(x).sum().backward()
+    from_trace = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(x).sum().backward()
+    for a, b in zip(from_trace, (p.grad for p in model.parameters()), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
