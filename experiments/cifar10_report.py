@@ -414,8 +414,9 @@ def evidence_claims(ev: dict, acc) -> list[dict]:
                                   f"{STEPS_PER_EPOCH['50k'] * 30 / 1000:.1f}k steps (50k/30 ep.)",
                         "values": [bn128[0] - pn128[0], fb["mean"] - fp["mean"]]})  # fmt: skip
             if min(fb["n"], fp["n"]) < 2:  # one seed: say how large seed noise was elsewhere
-                out[-1]["detail"] += (f"; provisional: one seed per norm at 50k, where GN+PN's "
-                                      f"seed std at 10k/20 ep. is {pn128[1]:.2f} pp")  # fmt: skip
+                out[-1]["detail"] += (f"; provisional: {fb['n']} BN and {fp['n']} GN+PN "
+                                      f"seed(s) at 50k; GN+PN's seed std at 10k/20 ep. is "
+                                      f"{pn128[1]:.2f} pp")  # fmt: skip
     else:
         out.append({"claim": "GN+PN matches BN at batch 128, 50k images / 30 epochs",
                     "holds": None, "detail": "runs missing", "values": []})  # fmt: skip
