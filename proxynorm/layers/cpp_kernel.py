@@ -6,9 +6,10 @@ Function's Python work and ~40 small operators on the (C,)- and (C, n)-sized pro
 the small per-device batches PN is for, that is most of the difference. This kernel does the
 same computation as :class:`~proxynorm.layers.fused_proxy_norm._ProxyNormActFunction` (values and
 gradients checked against it in float64 and with ``gradcheck``), with the proxy statistics and
-their gradients as one C++ loop per channel in double precision and the backward pass in C++.
+their gradients in closed form (prefix sums over the sorted quantiles, double precision) and the
+backward pass in C++ (the method is in the source's header and docs/PERFORMANCE.md).
 
-It is **opt in**, because building it needs a C++ compiler and takes about a minute the first
+It is **opt in**, because building it needs a C++ compiler and takes ~40 s the first
 time (cached afterwards by ``torch.utils.cpp_extension`` under ``~/.cache/torch_extensions``):
 ``PROXYNORM_CPP=1`` in the environment, or :func:`use_cpp_kernel` in code. Where it cannot be
 built, a warning says why and every layer keeps the Python path. It is used only where it computes
@@ -39,7 +40,7 @@ def use_cpp_kernel(enabled: bool = True) -> bool:
     Raises nothing: if the build fails, a warning gives the reason and the Python path stays.
     """
     _state["wanted"] = bool(enabled)
-    return bool(enabled) and _module() is not None
+    return in_use()
 
 
 def in_use() -> bool:

@@ -126,19 +126,20 @@ Active active(const Quantiles& qs, double A, double B, bool relu) {
 //                    = A^2 s2 + 2 A c s1 + c^2 cnt + (n - cnt) m^2.
 struct Stats {
   std::vector<double> m, r;
+  std::vector<Active> active;  // per channel, for the backward's closed form too
 };
 
 Stats proxy_stats(const Params& p, const Quantiles& qs, bool relu, bool scale, double peps) {
   const int64_t C = p.C();
   const double n = static_cast<double>(qs.n());
-  Stats st{std::vector<double>(C), std::vector<double>(C)};
+  Stats st{std::vector<double>(C), std::vector<double>(C), std::vector<Active>(C)};
   for (int64_t c = 0; c < C; ++c) {
     const double A = p.A(c), B = p.B(c);
     if (std::isnan(A) || std::isnan(B)) {  // as phi(NaN) = NaN on the Python path
       st.m[c] = st.r[c] = std::nan("");
       continue;
     }
-    const Active a = active(qs, A, B, relu);
+    const Active a = st.active[c] = active(qs, A, B, relu);
     const double mean = (A * a.s1 + B * a.cnt) / n, cc = B - mean;
     const double var =
         (A * A * a.s2 + 2.0 * A * cc * a.s1 + cc * cc * a.cnt + (n - a.cnt) * mean * mean) / n;
@@ -179,7 +180,7 @@ inline void select_where_above(const T* __restrict__ src, const T* __restrict__ 
   }
 }
 
-// One pass over g (contiguous x): go = g where out > lo = -m r (ReLU's mask: u > 0 exactly there,
+// One pass over g: go = g where out > lo = -m r (ReLU's mask: u > 0 exactly there,
 // since out was clamped at lo and r > 0; identity: go = g) and the sum of g per channel (double).
 // x, out and the returned go are dense in x's memory format; g is made so.
 std::pair<Tensor, std::vector<double>> masked_grad(const Tensor& g_in, const Tensor& out,
@@ -277,7 +278,7 @@ struct GroupNormProxyAct : public torch::autograd::Function<GroupNormProxyAct> {
                    has_pb ? std::optional<Tensor>(saved[4]) : std::nullopt);
     const bool relu = ctx->saved_data["relu"].toBool(), scale = ctx->saved_data["scale"].toBool();
     const Quantiles qs(saved[5]);
-    // m, r recomputed (O(C log n)) exactly as forward did
+    // m, r and the active quantiles recomputed (O(C log n)) exactly as forward did
     const Stats st = proxy_stats(p, qs, relu, scale, ctx->saved_data["proxy_eps"].toDouble());
     const int64_t N = x.size(0), C = x.size(1), HW = x.numel() / (N * C);
     const double n = static_cast<double>(qs.n());
@@ -298,7 +299,7 @@ struct GroupNormProxyAct : public torch::autograd::Function<GroupNormProxyAct> {
       const double A = p.A(c), B = p.B(c), cc = B - mc;
       // du~_i = phi'(u~_i) (dL/dm + 2 dL/dvar (z~_i - m)) / n, z~_i = u~_i where phi' = 1;
       // dL/dA = sum du~_i q_i, dL/dB = sum du~_i, in closed form over the active quantiles.
-      const Active a = active(qs, A, B, relu);
+      const Active& a = st.active[c];
       const double gA = (grad_m * a.s1 + coef * (A * a.s2 + cc * a.s1)) / n;
       const double gB = (grad_m * a.cnt + coef * (A * a.s1 + cc * a.cnt)) / n;
       grad_w[c] = rc * gwy[c] + gA * (1.0 + p.pw[c]) + gB * p.pb[c];
