@@ -57,3 +57,15 @@ def reference_batch_standardize(x, eps):
     mean = x.double().mean(dim=dims, keepdim=True)
     var = ((x.double() - mean) ** 2).mean(dim=dims, keepdim=True)
     return (x.double() - mean) / torch.sqrt(var + eps)
+
+
+def assert_same_values_and_gradients(out, ref, inputs, rtol=0.0, atol=1e-10):
+    """``out`` equals ``ref`` to ``atol``, and so do their gradients with respect to every tensor
+    of ``inputs`` (``None`` entries skipped) for one random output gradient."""
+    grad = torch.randn_like(ref)
+    inputs = [a for a in inputs if a is not None]
+    expected = torch.autograd.grad(ref, inputs, grad)
+    got = torch.autograd.grad(out, inputs, grad)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+    for e, o in zip(expected, got, strict=True):
+        torch.testing.assert_close(o, e, rtol=rtol, atol=atol)

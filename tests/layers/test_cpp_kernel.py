@@ -17,6 +17,7 @@ from proxynorm.layers.activation import get_act
 from proxynorm.layers.fused_proxy_norm import fused_proxy_norm_act
 from proxynorm.layers.proxy_norm import proxy_norm_act, proxy_quantiles
 from proxynorm.models import create_model
+from tests.layers.reference import assert_same_values_and_gradients
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +82,7 @@ def test_kernel_matches_reference_float64(kernel, act, affine, scale, shape, gro
     ref = proxy_norm_act(y, *args[1:], act=act, eps=0.03, scale=scale, quantiles=q)
     out = fused_proxy_norm_act(*args, q, get_act(act), 0.03, scale, groups, 1e-5)
     assert "GroupNormProxyAct" in _node(out)  # the kernel ran, not the Python Function
-    grad = torch.randn_like(ref)
-    inputs = [a for a in args if a is not None]
-    expected = torch.autograd.grad(ref, inputs, grad)
-    got = torch.autograd.grad(out, inputs, grad)
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
-    for e, o in zip(expected, got, strict=True):
-        torch.testing.assert_close(o, e, rtol=0, atol=1e-10)
+    assert_same_values_and_gradients(out, ref, args)
     if cl and x_is_4d:
         assert out.is_contiguous(memory_format=torch.channels_last)
 
@@ -106,11 +101,7 @@ def test_kernel_closed_form_at_edge_parameters(kernel, act):
     ref = proxy_norm_act(y, *args[1:], act=act, eps=0.03, scale=True, quantiles=q)
     out = fused_proxy_norm_act(*args, q, get_act(act), 0.03, True, 4, 1e-5)
     assert "GroupNormProxyAct" in _node(out)
-    grad = torch.randn_like(ref)
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
-    expected, got = torch.autograd.grad(ref, args, grad), torch.autograd.grad(out, args, grad)
-    for e, o in zip(expected, got, strict=True):
-        torch.testing.assert_close(o, e, rtol=1e-10, atol=1e-9)
+    assert_same_values_and_gradients(out, ref, args, rtol=1e-10, atol=1e-9)
 
 
 @pytest.mark.parametrize("act", ["relu", "identity"])

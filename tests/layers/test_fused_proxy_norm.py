@@ -14,6 +14,7 @@ from proxynorm.layers.activation import ACTIVATIONS, get_act
 from proxynorm.layers.fused_proxy_norm import fused_proxy_norm_act
 from proxynorm.layers.proxy_norm import proxy_norm_act, proxy_quantiles
 from proxynorm.models import create_model
+from tests.layers.reference import assert_same_values_and_gradients
 
 # Every activation of the registry, and non-default parameters of the parametrized ones.
 ACTS = [*ACTIVATIONS, "gelu_tanh", nn.LeakyReLU(0.2), nn.LeakyReLU(-0.1), nn.ELU(0.5)]
@@ -44,13 +45,7 @@ def test_fused_matches_reference_float64(act, affine, scale, groups):
     args = _inputs(affine=affine)
     ref = _reference(*args, act, scale, groups, q)
     out = fused_proxy_norm_act(*args, q, get_act(act), 0.03, scale, groups, 1e-5)
-    grad = torch.randn_like(ref)
-    inputs = [a for a in args if a is not None]
-    expected = torch.autograd.grad(ref, inputs, grad)
-    got = torch.autograd.grad(out, inputs, grad)
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
-    for e, o in zip(expected, got, strict=True):
-        torch.testing.assert_close(o, e, rtol=0, atol=1e-10)
+    assert_same_values_and_gradients(out, ref, args)
 
 
 @pytest.mark.parametrize("act", ACTS)
