@@ -18,3 +18,6 @@ proxynorm bench --models resnet20,resnet20-b1,resnet20-b2,resnet20-b4,resnet20-b
   --cpp --repeats 10 --out "$OUT/cpu-cpp"
 OMP_NUM_THREADS=1 python benchmarks/pn_overhead.py > "$OUT/pn_overhead.md"
 OMP_NUM_THREADS=1 PROXYNORM_CPP=1 python benchmarks/pn_overhead.py > "$OUT/pn_overhead_cpp.md"
+# 5. The same per-layer cost compiled, by number of proxy quantiles (the C x n share of it).
+OMP_NUM_THREADS=1 python benchmarks/pn_overhead.py --compile --n-samples 2,256,2048 \
+  > "$OUT/pn_overhead_compiled.md"

@@ -81,3 +81,17 @@ def test_gpu_benchmark_script_runs_on_cpu_at_tiny_sizes(tmp_path):
         assert set(table["rows"]) == {"bn", "gn", "gn+pn (reference)", "gn+pn (fused)"}
         assert all("ratio_2" in r for r in table["rows"].values())
     assert "| variant | ms | ratio | × GN |" in (tmp_path / "bench.md").read_text()
+
+
+def test_per_layer_overhead_script_prints_one_row_per_input_and_number_of_quantiles():
+    """benchmarks/pn_overhead.py (behind run_cpu.sh) with two numbers of quantiles, few calls."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "pn_overhead.py"
+    cmd = [sys.executable, str(script), "--n-samples", "2,16", "--calls", "2"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| (")]
+    assert [r.split(" | ")[1] for r in rows] == ["2", "16"] * 4
+    assert out.splitlines()[0] == "| input | n | GN+ReLU µs | GN+PN µs | GN+PN − GN+ReLU µs |"
