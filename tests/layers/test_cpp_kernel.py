@@ -68,6 +68,7 @@ def _node(out):
     [
         ((3, 6, 4, 5), 2, False),
         ((3, 6, 4, 5), 3, True),
+        ((4, 6, 40, 40), 3, True),  # channels_last: blocks of whole rows, folds, last rows
         ((3, 6, 4, 5), 1, False),
         ((5, 6), 6, False),
         ((2, 6, 7), 3, False),

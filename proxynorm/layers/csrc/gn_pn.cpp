@@ -215,18 +215,46 @@ std::pair<Tensor, std::vector<double>> masked_grad(const Tensor& g_in, const Ten
           gs[c] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
         }
       });
-    } else {  // rows of C values; each chunk of rows sums into its own buffer, and the
-      // buffers are added in row order (the same result whichever thread ran which chunk)
+    } else {  // rows of C values, worked in flat blocks of k whole rows (span = k C ~ 256
+      // values) so that the loops are long enough to vectorize for small C: the per-channel
+      // threshold repeated k times, per-lane sums in scalar_t folded into doubles every
+      // kFold blocks; each chunk of rows sums into its own buffer, and the buffers are added in
+      // row order (the same result whichever thread ran which chunk)
+      const int64_t k = std::max<int64_t>(1, 256 / C), span = k * C;
+      constexpr int64_t kFold = 64;
+      std::vector<scalar_t> lo_rep(span);
+      for (int64_t j = 0; j < span; ++j) lo_rep[j] = lo[j % C];
       std::mutex merge;
       std::vector<std::pair<int64_t, std::vector<double>>> parts;
       at::parallel_for(0, N * HW, 256, [&](int64_t r0, int64_t r1) {
         std::vector<double> part(C, 0.0);
-        double* __restrict__ s = part.data();
-        for (int64_t row = r0; row < r1; ++row) {
+        std::vector<scalar_t> lanes(span, scalar_t(0));
+        scalar_t* __restrict__ acc = lanes.data();
+        const auto fold = [&] {
+          for (int64_t j = 0; j < span; ++j) {
+            part[j % C] += acc[j];
+            acc[j] = scalar_t(0);
+          }
+        };
+        int64_t row = r0, blocks = 0;
+        for (; row + k <= r1; row += k) {
           const scalar_t* __restrict__ gi = gp + row * C;
-          for (int64_t c = 0; c < C; ++c) s[c] += gi[c];
-          if (relu) select_where_above<scalar_t, true>(gi, op + row * C, lo, gop + row * C, C);
+          for (int64_t j = 0; j < span; ++j) acc[j] += gi[j];
+          if (relu)
+            select_where_above<scalar_t, true>(gi, op + row * C, lo_rep.data(), gop + row * C,
+                                               span);
+          if (++blocks == kFold) {
+            fold();
+            blocks = 0;
+          }
         }
+        for (; row < r1; ++row) {  // the last rows, fewer than k: lane c is channel c
+          const scalar_t* __restrict__ gi = gp + row * C;
+          for (int64_t c = 0; c < C; ++c) acc[c] += gi[c];
+          if (relu)
+            select_where_above<scalar_t, true>(gi, op + row * C, lo_rep.data(), gop + row * C, C);
+        }
+        fold();
         std::lock_guard<std::mutex> guard(merge);
         parts.emplace_back(r0, std::move(part));
       });
