@@ -119,6 +119,14 @@ def power_at(study: str, norm: str, seeds: list[int], epoch: int) -> torch.Tenso
 
 NORM_BATCHES = (2, 4, 8, 16, 32)
 PAPER_EPOCHS = 160  # the paper's CIFAR runs (Table 15), on the 50k images
+FULL_EPOCHS = 30  # the full-data runs here (experiments/cifar10_evidence.py, --epochs 30)
+# Claims the answer in words reads (by these texts, so each is written once).
+CLAIM_MATCH_10K = "GN+PN matches BN at batch 128 (within 0.3 pp), 10k images / 20 epochs"
+CLAIM_MATCH_50K = (
+    f"GN+PN matches BN at batch 128 (within 0.3 pp), 50k images / {FULL_EPOCHS} epochs"
+)
+CLAIM_GN_50K = f"GN+PN > GN (batch 128), 50k images / {FULL_EPOCHS} epochs"
+CLAIM_WHERE = "where BN breaks: the largest per-device batch at which BN is below GN+PN"
 STEPS_PER_EPOCH = {"10k": 10_000 // 128, "50k": 50_000 // 128}  # the last partial batch dropped
 DRIVERS = [  # (label, experiment dir, whether BN has the same change, seeds)
     ("GN+PN, 2 groups", "groups2", False, (0,)),
@@ -395,15 +403,13 @@ def evidence_claims(ev: dict, acc) -> list[dict]:
     bn128, pn128 = acc("batch128", "bn"), acc("batch128", "gn+pn")
     if bn128 and pn128:
         d = pn128[0] - bn128[0]
-        out.append({"claim": "GN+PN matches BN at batch 128 (within 0.3 pp), 10k images / 20 "
-                    "epochs", "holds": abs(d) <= 0.3,
+        out.append({"claim": CLAIM_MATCH_10K, "holds": abs(d) <= 0.3,
                     "detail": f"GN+PN {_mean_std(pn128)} vs BN {_mean_std(bn128)}: {d:+.2f} pp",
                     "values": [pn128[0], bn128[0]]})  # fmt: skip
     fb, fp = ev["full"]["bn"]["test_acc"], ev["full"]["gn+pn"]["test_acc"]
     if fb and fp:
         d = fp["mean"] - fb["mean"]
-        out.append({"claim": "GN+PN matches BN at batch 128 (within 0.3 pp), 50k images / 30 "
-                    "epochs", "holds": abs(d) <= 0.3,
+        out.append({"claim": CLAIM_MATCH_50K, "holds": abs(d) <= 0.3,
                     "detail": f"GN+PN {_fmt(fp)} vs BN {_fmt(fb)}: {d:+.2f} pp",
                     "values": [fp["mean"], fb["mean"]]})  # fmt: skip
         if bn128 and pn128:
@@ -412,7 +418,8 @@ def evidence_claims(ev: dict, acc) -> list[dict]:
                         "holds": shrink > 0,
                         "detail": f"{bn128[0] - pn128[0]:+.2f} pp after 1.6k steps (10k/20 ep.), "
                                   f"{fb['mean'] - fp['mean']:+.2f} pp after "
-                                  f"{STEPS_PER_EPOCH['50k'] * 30 / 1000:.1f}k steps (50k/30 ep.)",
+                                  f"{STEPS_PER_EPOCH['50k'] * FULL_EPOCHS / 1000:.1f}k steps "
+                                  f"(50k/{FULL_EPOCHS} ep.)",
                         "values": [bn128[0] - pn128[0], fb["mean"] - fp["mean"]]})  # fmt: skip
             if min(fb["n"], fp["n"]) < 2:  # one seed: say how large seed noise was elsewhere
                 out[-1]["detail"] += (f"; provisional: {fb['n']} BN and {fp['n']} GN+PN "
@@ -423,13 +430,13 @@ def evidence_claims(ev: dict, acc) -> list[dict]:
         gn128 = acc("batch128", "gn")
         d = fp["mean"] - fg["mean"]
         before = f"; at 10k/20 ep. {pn128[0] - gn128[0]:+.2f} pp" if pn128 and gn128 else ""
-        out.append({"claim": "GN+PN > GN (batch 128), 50k images / 30 epochs",
+        out.append({"claim": CLAIM_GN_50K,
                     "holds": d > 0,
                     "detail": f"GN+PN {_fmt(fp)} vs GN {_fmt(fg)}: {d:+.2f} pp{before}",
                     "values": [fp["mean"], fg["mean"]]})  # fmt: skip
     if not (fb and fp):
-        out.append({"claim": "GN+PN matches BN at batch 128, 50k images / 30 epochs",
-                    "holds": None, "detail": "runs missing", "values": []})  # fmt: skip
+        out.append({"claim": f"GN+PN matches BN at batch 128, 50k images / {FULL_EPOCHS} "
+                    "epochs", "holds": None, "detail": "runs missing", "values": []})  # fmt: skip
     pn = ev["independent"]["gn+pn"]["test_acc"]
     pts = [(k, ev["devices"][k]["test_acc"]) for k in NORM_BATCHES if ev["devices"][k]["test_acc"]]
     if pn and pts:
@@ -444,8 +451,8 @@ def evidence_claims(ev: dict, acc) -> list[dict]:
             words = f"BN falls below GN+PN at {smallest} images per device and fewer"
             if any(k < smallest and k not in below for k, _ in pts):
                 words = f"BN falls below GN+PN at {', '.join(map(str, below))} images per device"
-        out.append({"claim": "where BN breaks: the largest per-device batch at which BN is below "
-                    "GN+PN", "holds": smallest is not None, "detail": f"{words}. {detail}",
+        out.append({"claim": CLAIM_WHERE, "holds": smallest is not None,
+                    "detail": f"{words}. {detail}",
                     "values": [smallest, min(k for k, _ in pts)]})  # fmt: skip
     return out
 
@@ -453,7 +460,7 @@ def evidence_claims(ev: dict, acc) -> list[dict]:
 def short_answer(claims: list[dict]) -> str:
     """The answer in words, from the claims' numbers (no number here is typed by hand)."""
     by = {c["claim"]: c for c in claims}
-    where = next((c for c in claims if c["claim"].startswith("where BN breaks")), None)
+    where = by.get(CLAIM_WHERE)
     parts = []
     if where and where["values"] and where["values"][0] is not None:
         k, smallest = where["values"]
@@ -463,16 +470,16 @@ def short_answer(claims: list[dict]) -> str:
                      "depend on the batch, is ahead.")  # fmt: skip
     elif where:
         parts.append("BN stays ahead of GN+PN at every per-device batch tested.")
-    short = by.get("GN+PN matches BN at batch 128 (within 0.3 pp), 10k images / 20 epochs")
-    long = by.get("GN+PN matches BN at batch 128 (within 0.3 pp), 50k images / 30 epochs")
+    short, long = by.get(CLAIM_MATCH_10K), by.get(CLAIM_MATCH_50K)
     if short and long and not (short["holds"] or long["holds"]):
         d10, d50 = (c["values"][1] - c["values"][0] for c in (short, long))
         parts.append(f"**With more images per device, keep BN**: at batch 128 GN+PN trails it by "
-                     f"{d10:.2f} pp (10k images, 20 epochs) and {d50:.2f} pp (50k images, 30 "
-                     "epochs), so the paper's \"GN+PN matches BN\" does not hold at these "
-                     "training lengths; the gap shrinks as training gets longer (the paper "
-                     f"trains {PAPER_EPOCHS / 30:.1f}x more steps than our longest runs).")
-    gn = by.get("GN+PN > GN (batch 128), 50k images / 30 epochs")
+                     f"{d10:.2f} pp (10k images, 20 epochs) and {d50:.2f} pp (50k images, "
+                     f"{FULL_EPOCHS} epochs), so the paper's \"GN+PN matches BN\" does not "
+                     "hold at these training lengths; the gap shrinks as training gets longer "
+                     f"(the paper trains {PAPER_EPOCHS / FULL_EPOCHS:.1f}x more steps than our "
+                     "longest runs).")  # fmt: skip
+    gn = by.get(CLAIM_GN_50K)
     if gn:
         verb = "ahead of" if gn["holds"] else "not ahead of"
         parts.append(f"Among batch-independent norms GN+PN is {verb} GN: {gn['detail']}.")
