@@ -60,8 +60,9 @@ def reference_batch_standardize(x, eps):
 
 
 def assert_same_values_and_gradients(out, ref, inputs, rtol=0.0, atol=1e-10):
-    """``out`` equals ``ref`` to ``atol``, and so do their gradients with respect to every tensor
-    of ``inputs`` (``None`` entries skipped) for one random output gradient."""
+    """``out`` equals ``ref`` to 1e-10 whatever the tolerances, and their gradients with respect to
+    every tensor of ``inputs`` (``None`` entries skipped), for one random output gradient, agree
+    to ``rtol``/``atol``."""
     grad = torch.randn_like(ref)
     inputs = [a for a in inputs if a is not None]
     expected = torch.autograd.grad(ref, inputs, grad)
