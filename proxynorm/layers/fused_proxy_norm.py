@@ -66,23 +66,49 @@ def _proxy_u(a: Tensor, b: Tensor, q: Tensor) -> Tensor:
     return torch.addcmul(b.unsqueeze(1), a.unsqueeze(1), q.unsqueeze(0))
 
 
-def _proxy(weight, bias, proxy_weight, proxy_bias, q: Tensor, act: Act, proxy_eps, scale, cdt):
-    """``(m, r, centered, util)``: the proxy mean and inverse std (C,), ``z~ − m`` and ``u~``
-    (C × n; ``util`` is ``None`` for ReLU and identity, whose derivative reads ``z~`` / nothing),
-    all in ``cdt``."""
-    util = _proxy_u(*_proxy_affine(weight, bias, proxy_weight, proxy_bias, cdt), q)
+def _proxy_z(weight, bias, proxy_weight, proxy_bias, q: Tensor, act: Act, cdt, tracked: bool):
+    """``(z~, u~, B)`` in ``cdt``: ``z~ = φ(u~)`` (C × n, written over ``u~`` unless ``tracked``
+    or φ' needs ``u~``), ``u~`` (``None`` for ReLU and identity, whose derivative reads ``z~`` /
+    nothing) and the proxy offset ``B`` (C,)."""
+    a, b = _proxy_affine(weight, bias, proxy_weight, proxy_bias, cdt)
+    util = _proxy_u(a, b, q)
     keep_u = act.name not in ("relu", "identity")
-    # In place except where autograd records or a trace (which may run backward later) does.
-    tracked = torch.jit.is_tracing() or (torch.is_grad_enabled() and util.requires_grad)
     z = act(util) if keep_u or tracked else act.apply_(util)
-    # Two-pass population variance: torch.var_mean over 256-wide rows is much slower on CPU.
+    return z, util if keep_u else None, b
+
+
+def _tracked(*params: Tensor | None) -> bool:
+    """Whether the proxy ops must stay out of place: autograd records them, or a trace (which may
+    run backward later) does."""
+    if torch.jit.is_tracing():
+        return True
+    return torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params)
+
+
+def _proxy(weight, bias, proxy_weight, proxy_bias, q: Tensor, act: Act, proxy_eps, scale, cdt):
+    """The proxy mean m and inverse std r = 1/sqrt(var + eps) (ones without ``scale``), (C,).
+
+    Eager: two passes over the C × n values (mean, then the centered squares; torch.var_mean
+    over 256-wide rows is much slower on CPU). Under ``torch.compile``: one pass, the sum and
+    sum of squares of ``z~ − φ(B)``, which inductor fuses into one loop without storing ``z~``;
+    the shift ``φ(B)`` is the median of ``z~`` for monotone φ and near it for the others, within
+    about one proxy std of the mean, so the subtraction loses at most about a bit.
+    """
+    tracked = _tracked(weight, bias, proxy_weight, proxy_bias)
+    z, _, b = _proxy_z(weight, bias, proxy_weight, proxy_bias, q, act, cdt, tracked)
+    if _compiling():
+        shift = act(b)
+        d = z - shift.unsqueeze(1)
+        dm = d.mean(1)
+        if not scale:
+            return shift + dm, torch.ones_like(dm)
+        var = ((d * d).mean(1) - dm * dm).clamp_min(0.0)
+        return shift + dm, torch.rsqrt(var + proxy_eps)
     mean = z.mean(1, keepdim=True)
+    if not scale:
+        return mean.squeeze(1), torch.ones_like(mean).squeeze(1)
     centered = z - mean if tracked else z.sub_(mean)
-    if scale:
-        r = torch.rsqrt((centered * centered).mean(1).add_(proxy_eps))
-    else:
-        r = torch.ones_like(mean).squeeze(1)
-    return mean.squeeze(1), r, centered, util if keep_u else None
+    return mean.squeeze(1), torch.rsqrt((centered * centered).mean(1).add_(proxy_eps))
 
 
 def proxy_statistics(
@@ -99,8 +125,7 @@ def proxy_statistics(
     """The proxy mean m and r = 1/sqrt(var + eps) (ones without ``scale``), each (C,), in
     ``dtype`` (no autograd graph is recorded by the fused Function; see its backward)."""
     q = quantiles.to(dtype)
-    m, r, _, _ = _proxy(weight, bias, proxy_weight, proxy_bias, q, act, proxy_eps, scale, dtype)
-    return m, r
+    return _proxy(weight, bias, proxy_weight, proxy_bias, q, act, proxy_eps, scale, dtype)
 
 
 def group_norm(x: Tensor, groups: int, w: Tensor | None, b: Tensor | None, eps: float):
@@ -192,7 +217,7 @@ class _ProxyNormActFunction(torch.autograd.Function):
     ):
         cdt = upcast(x).dtype
         w, b, q = _as(weight, cdt), _as(bias, cdt), _as(quantiles, cdt)
-        m, r, _, _ = _proxy(weight, bias, proxy_weight, proxy_bias, q, act, proxy_eps, scale, cdt)
+        m, r = _proxy(weight, bias, proxy_weight, proxy_bias, q, act, proxy_eps, scale, cdt)
         out, stats = _step(x, w, b, m, r, act, groups, eps)
         out = _as(out, x.dtype)
         ctx.act, ctx.proxy_eps, ctx.scale, ctx.groups, ctx.eps = act, proxy_eps, scale, groups, eps
@@ -265,9 +290,10 @@ class _ProxyNormActFunction(torch.autograd.Function):
         # --- proxy path: m and r through z~ = φ(u~), u~ = A q + B (C × n, saved), with
         # A = γ (1 + γ~), B = β + γ β~: ∂A = Σ_i ∂u~_i q_i, ∂B = Σ_i ∂u~_i.
         k = q.numel()
-        _, _, centered, util = _proxy(
-            weight, bias, proxy_weight, proxy_bias, q, act, ctx.proxy_eps, False, cdt
-        )
+        tracked = _tracked(weight, bias, proxy_weight, proxy_bias)
+        z, util, _ = _proxy_z(weight, bias, proxy_weight, proxy_bias, q, act, cdt, tracked)
+        pm = m.unsqueeze(1)  # the forward's proxy mean
+        centered = z - pm if tracked else z.sub_(pm)
         # ∂m = −r Σ g;  ∂z~_i = (∂m + 2 (z~_i − m) ∂v) / n with ∂v = −r³/2 ∂r
         grad_m = (r * gsum).mul_(-1.0 / k).unsqueeze(1)
         if ctx.scale:
@@ -275,7 +301,7 @@ class _ProxyNormActFunction(torch.autograd.Function):
         else:
             dz = grad_m.expand_as(centered)
         if act.name == "relu":  # u~ > 0 exactly where z~ − m > −m
-            du = torch.ops.aten.threshold_backward(dz, centered + m.unsqueeze(1), 0.0)
+            du = torch.ops.aten.threshold_backward(dz, centered + pm, 0.0)
         elif act.name == "identity":
             du = dz
         else:

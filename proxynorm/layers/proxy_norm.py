@@ -48,6 +48,26 @@ def proxy_quantiles(
     return (math.sqrt(2.0) * torch.special.erfinv(2.0 * p - 1.0)).to(dtype)
 
 
+#: One quantile tensor per (n, device), shared by the PN layers (see ``_shared_quantiles``).
+_SHARED_QUANTILES: dict[tuple[int, torch.device], Tensor] = {}
+
+
+def _shared_quantiles(n_samples: int, device: torch.device | str | None) -> Tensor:
+    """The float64 :func:`proxy_quantiles` of ``n_samples`` on ``device``, one tensor per
+    (n, device) for every PN layer: under ``torch.compile`` each distinct tensor is one more graph
+    input with its own guards and checks, paid per layer and step whatever the batch
+    (``benchmarks/compiled_layer_cost.py``, docs/PERFORMANCE.md). A layer that needs other
+    quantiles gets its own tensor by assignment (``layer.quantiles = q``); editing the shared one
+    in place would edit every layer's. The entry is recomputed and compared on every call (at
+    construction and ``.to()`` only), so a new layer never receives an edited tensor."""
+    q = proxy_quantiles(n_samples, device=device)
+    key = (n_samples, q.device)
+    shared = _SHARED_QUANTILES.get(key)
+    if shared is None or not torch.equal(shared, q):
+        _SHARED_QUANTILES[key] = shared = q
+    return shared
+
+
 def proxy_moments(
     weight: Tensor,
     bias: Tensor,
@@ -164,7 +184,9 @@ class ProxyNormAct(nn.Module):
     Attributes:
         weight: γ, shape (C,), init 1.  bias: β, shape (C,), init 0.
         proxy_weight: γ~ (proxy std is 1 + γ~), init 0.  proxy_bias: β~, init 0.
-        quantiles: non-persistent float64 buffer of the ``n_samples`` quantiles.
+        quantiles: non-persistent float64 buffer of the ``n_samples`` quantiles, one tensor shared
+            by the PN layers with the same ``n_samples`` on a device (a constant: replace it,
+            ``layer.quantiles = q``, rather than edit it in place).
 
     Shape:
         Input (N, C) or (N, C, H, W); output the same shape and dtype.
@@ -207,7 +229,7 @@ class ProxyNormAct(nn.Module):
             self.register_parameter("proxy_weight", None)
             self.register_parameter("proxy_bias", None)
         self.register_buffer(
-            "quantiles", proxy_quantiles(n_samples, device=device), persistent=False
+            "quantiles", _shared_quantiles(n_samples, device=device), persistent=False
         )
         self.reset_parameters()
 
@@ -222,7 +244,7 @@ class ProxyNormAct(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         # ``.half()`` / ``.to(dtype)`` would round the quantiles; keep them exact in float64.
         super()._apply(fn, *args, **kwargs)
-        self.quantiles = proxy_quantiles(self.n_samples, device=self.quantiles.device)
+        self.quantiles = _shared_quantiles(self.n_samples, device=self.quantiles.device)
         return self
 
     def proxy_moments(self) -> tuple[Tensor, Tensor]:

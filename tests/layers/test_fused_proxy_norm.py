@@ -10,6 +10,7 @@ from torch.autograd import gradcheck
 
 from proxynorm.bench import saved_bytes, set_fused
 from proxynorm.layers import ProxyNormAct, norm_act
+from proxynorm.layers import fused_proxy_norm as fpn
 from proxynorm.layers.activation import ACTIVATIONS, get_act
 from proxynorm.layers.fused_proxy_norm import fused_proxy_norm_act
 from proxynorm.layers.proxy_norm import proxy_norm_act, proxy_quantiles
@@ -201,6 +202,39 @@ def test_eval_caches_the_proxy_statistics(monkeypatch):
     layer.eval()
     out = layer(x)  # gradients enabled and parameters require grad: no cache, a graph instead
     assert out.requires_grad and len(calls) == 3
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("scale", [True, False])
+def test_one_pass_statistics_under_compile_match_the_reference_float64(monkeypatch, act, scale):
+    """Under torch.compile the proxy moments are one shifted pass (sum and sum of squares of
+    z~ − φ(B)); here that branch is taken eagerly, in float64, values and gradients."""
+    monkeypatch.setattr(fpn, "_compiling", lambda: True)
+    q = proxy_quantiles(32)
+    args = _inputs()
+    ref = _reference(*args, act, scale, 2, q)
+    out = fused_proxy_norm_act(*args, q, get_act(act), 0.03, scale, 2, 1e-5)
+    assert_same_values_and_gradients(out, ref, args)
+
+
+@pytest.mark.parametrize("act", ["relu", "silu", "gelu", "tanh", "hardswish"])
+@pytest.mark.parametrize("beta", [0.0, -3.0, 50.0, 1e3])
+@pytest.mark.parametrize("gamma", [1e-3, 1.0, -10.0])
+def test_one_pass_statistics_are_as_accurate_as_two_passes_in_float32(
+    monkeypatch, act, beta, gamma
+):
+    """The shift keeps the one-pass variance from cancelling: where the proxy is narrow and far
+    from 0 (β = 1000, γ = 0.001) its error stays that of the eager two-pass formula."""
+    q, a = proxy_quantiles(256), get_act(act)
+    params = [torch.tensor([v]) for v in (gamma, beta, 0.3, -0.2)]
+    exact = fpn.proxy_statistics(*(t.double() for t in params), q, a, 0.03, True, torch.float64)
+    two = fpn.proxy_statistics(*params, q, a, 0.03, True)
+    monkeypatch.setattr(fpn, "_compiling", lambda: True)
+    one = fpn.proxy_statistics(*params, q, a, 0.03, True)
+    for o, t, e in zip(one, two, exact, strict=True):
+        err_two = float((t.double() - e).abs() / e.abs().clamp_min(1e-3))
+        err_one = float((o.double() - e).abs() / e.abs().clamp_min(1e-3))
+        assert err_one <= max(2 * err_two, 2e-6), (err_one, err_two)
 
 
 def test_torch_compile_has_no_graph_break_and_matches_eager():

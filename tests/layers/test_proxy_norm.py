@@ -123,6 +123,26 @@ def test_scale_false_subtracts_proxy_mean_only():
     torch.testing.assert_close(pn(y), torch.relu(y) - mean.view(1, -1, 1, 1))
 
 
+def test_layers_share_one_quantile_tensor_that_nobody_edits_for_them():
+    """One quantile tensor per (n, device) for all layers (one graph input under torch.compile,
+    not one per layer); a layer given its own keeps it; an in-place edit of the shared tensor
+    is never handed to a layer built later. (An n no other test uses: the edit below is
+    process-wide for the layers holding that tensor.)"""
+    a, b = ProxyNormAct(4, n_samples=37), ProxyNormAct(8, act="silu", n_samples=37)
+    c = ProxyNormAct(4)
+    assert a.quantiles is b.quantiles and a.quantiles is not c.quantiles
+    torch.testing.assert_close(a.quantiles, proxy_quantiles(37), rtol=0, atol=0)
+    assert a.half().quantiles is b.quantiles  # .to() keeps sharing, and float64
+    own = proxy_quantiles(37).flip(0).neg()
+    b.quantiles = own
+    assert b.quantiles is own and ProxyNormAct(3, n_samples=37).quantiles is a.quantiles
+    a.quantiles.mul_(2.0)  # edits a's (and every layer's holding it): documented, not advised
+    fresh = ProxyNormAct(3, n_samples=37)
+    assert fresh.quantiles is not a.quantiles
+    torch.testing.assert_close(fresh.quantiles, proxy_quantiles(37), rtol=0, atol=0)
+    assert ProxyNormAct(5, n_samples=37).quantiles is fresh.quantiles
+
+
 def test_parameters_and_buffers():
     pn = ProxyNormAct(5)
     names = dict(pn.named_parameters())
