@@ -95,3 +95,25 @@ def test_per_layer_overhead_script_prints_one_row_per_input_and_number_of_quanti
     rows = [line for line in out.splitlines() if line.startswith("| (")]
     assert [r.split(" | ")[1] for r in rows] == ["2", "16"] * 4
     assert out.splitlines()[0] == "| input | n | GN+ReLU µs | GN+PN µs | GN+PN − GN+ReLU µs |"
+
+
+def test_compiled_cost_script_times_every_variant_against_gn_relu(tmp_path):
+    """benchmarks/compiled_layer_cost.py on a 2-layer stack with the aot_eager backend (no C++
+    compiler needed), two rounds: one row per variant, GN+ReLU the baseline."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "compiled_layer_cost.py"
+    out = tmp_path / "cost.json"
+    cmd = [sys.executable, str(script), "--layers", "2", "--rounds", "2", "--backend",
+           "aot_eager", "--json", str(out)]  # fmt: skip
+    text = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600).stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert list(rows) == ["GN+ReLU", "GN+PN", "GN+PN quantiles per layer",
+                          "GN+PN two-pass moments", "GN+PN before", "GN+PN n=16",
+                          "GN+PN no proxy affine"]  # fmt: skip
+    assert rows["GN+ReLU"]["x_gn_relu"] == 1.0 and rows["GN+ReLU"]["over_gn_per_layer_us"] == 0
+    assert "| GN+PN before |" in text
+    bad = subprocess.run([*cmd, "--variants", "GN+PN,nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown variants ['nope']" in bad.stderr

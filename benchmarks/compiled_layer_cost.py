@@ -1,0 +1,168 @@
+"""PN's fixed cost under torch.compile, taken apart: one compiled training step of GN+PN variants
+against GN+ReLU in the same process, median of interleaved rounds.
+
+    OMP_NUM_THREADS=2 python benchmarks/compiled_layer_cost.py                  # 19-layer stack
+    OMP_NUM_THREADS=2 python benchmarks/compiled_layer_cost.py --channels 128
+    OMP_NUM_THREADS=2 python benchmarks/compiled_layer_cost.py --model resnet20-b1 --json out.json
+
+The default model is a stack of norm-act layers on a tiny input (batch 1, 2 x 2), where almost
+nothing depends on the batch; ``--model`` takes a ``proxynorm bench`` model (``resnet20-b1``,
+``resnet50r-b2``...; ``--channels-last`` for that memory format). Variants, each one change
+against the shipped GN+PN:
+
+- ``GN+PN quantiles per layer``: each layer its own quantile tensor (the layout before the
+  shared tensor): each is one more graph input, with its guards and checks.
+- ``GN+PN two-pass moments``: the proxy mean, then the centered squares, as in eager mode (the
+  compiled formula before the one-pass shifted sums): inductor stores z~ between the two passes.
+- ``GN+PN before``: both of the above, i.e. the compiled path as it was before them.
+- ``GN+PN n=16``: 16 proxy quantiles instead of 256: what the C x n proxy values cost.
+- ``GN+PN no proxy affine``: without γ~, β~ (``proxy_affine=False``): what two more parameters
+  per layer cost (graph inputs and outputs, gradient accumulation); not a setting to train with.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from proxynorm.bench import Variant, _time_rounds, model_setting  # noqa: E402
+from proxynorm.layers import ProxyNormAct, norm_act, proxy_quantiles  # noqa: E402
+from proxynorm.layers import fused_proxy_norm as fpn  # noqa: E402
+from proxynorm.models import create_model  # noqa: E402
+
+_ONE_PASS = fpn._proxy
+_TWO_PASS = {"on": False}  # read while dynamo traces: each variant compiles its own formula
+
+
+def _proxy(weight, bias, proxy_weight, proxy_bias, q, act, proxy_eps, scale, cdt):
+    """The shipped ``_proxy``, or (``_TWO_PASS``) the two-pass moments (scale=True only)."""
+    if not _TWO_PASS["on"]:
+        return _ONE_PASS(weight, bias, proxy_weight, proxy_bias, q, act, proxy_eps, scale, cdt)
+    z, _, _ = fpn._proxy_z(weight, bias, proxy_weight, proxy_bias, q, act, cdt, True)
+    mean = z.mean(1, keepdim=True)
+    centered = z - mean
+    return mean.squeeze(1), torch.rsqrt((centered * centered).mean(1).add_(proxy_eps))
+
+
+fpn._proxy = _proxy
+
+
+def _own_quantiles(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, ProxyNormAct):
+            m.quantiles = proxy_quantiles(m.n_samples)
+
+
+#: name: (norm, norm-act keyword arguments, quantiles per layer, two-pass moments)
+VARIANTS = {
+    "GN+ReLU": ("gn", {}, False, False),
+    "GN+PN": ("gn+pn", {}, False, False),
+    "GN+PN quantiles per layer": ("gn+pn", {}, True, False),
+    "GN+PN two-pass moments": ("gn+pn", {}, False, True),
+    "GN+PN before": ("gn+pn", {}, True, True),
+    "GN+PN n=16": ("gn+pn", {"n_samples": 16}, False, False),
+    "GN+PN no proxy affine": ("gn+pn", {"proxy_affine": False}, False, False),
+}
+
+
+def _build(spec: str, kw: dict, args) -> tuple[nn.Module, tuple]:
+    """``(model, (input, target or None))`` for the stack or a benchmark model."""
+    if args.model == "stack":
+        model = nn.Sequential(*[norm_act(spec, args.channels, groups=8, **kw)
+                                for _ in range(args.layers)])  # fmt: skip
+        return model, (torch.randn(1, args.channels, 2, 2, requires_grad=True), None)
+    s = model_setting(args.model)
+    num_classes = 10 if s["size"] <= 64 else 1000
+    model = create_model(s["model"], norm=spec, num_classes=num_classes, groups=8,
+                         width_mult=s["width_mult"], **kw)  # fmt: skip
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    x = torch.randn(s["batch"], 3, s["size"], s["size"]).contiguous(memory_format=fmt)
+    return model, (x, torch.randint(0, num_classes, (s["batch"],)))
+
+
+def _variant(name: str, args) -> Variant:
+    spec, kw, own_quantiles, two_pass = VARIANTS[name]
+    torch.manual_seed(0)
+    model, (x, y) = _build(spec, kw, args)
+    model.train()
+    if own_quantiles:
+        _own_quantiles(model)
+    run = torch.compile(model, backend=args.backend)
+
+    def loss() -> torch.Tensor:
+        _TWO_PASS["on"] = two_pass
+        out = run(x)
+        return out.sum() if y is None else F.cross_entropy(out, y)
+
+    def step() -> None:
+        loss().backward()
+        for p in model.parameters():
+            p.grad = None
+
+    return Variant(name, step, loss)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="stack", help="'stack' or a bench model, e.g. resnet20-b1")
+    p.add_argument("--layers", type=int, default=19, help="stack: norm-act layers (resnet20: 19)")
+    p.add_argument("--channels", type=int, default=16, help="stack: channels C per layer (>= 8)")
+    p.add_argument("--channels-last", action="store_true", help="model: channels_last format")
+    p.add_argument("--rounds", type=int, default=300, help="timed interleaved rounds")
+    p.add_argument("--variants", help="comma-separated subset, in timing order (GN+ReLU always "
+                   "first); default all")
+    p.add_argument("--backend", default="inductor", help="torch.compile backend (tests: aot_eager)")
+    p.add_argument("--json", type=Path, help="also write the raw numbers here")
+    args = p.parse_args()
+    names = list(VARIANTS)
+    if args.variants:
+        chosen = [n.strip() for n in args.variants.split(",")]
+        names = ["GN+ReLU"] + [n for n in chosen if n != "GN+ReLU"]
+        unknown = [n for n in names if n not in VARIANTS]
+        if unknown:
+            p.error(f"unknown variants {unknown}; valid: {', '.join(VARIANTS)}")
+    if args.channels < 8:
+        p.error("--channels must be >= 8 (GroupNorm with 8 groups)")
+    if args.model != "stack":
+        try:
+            model_setting(args.model)
+        except ValueError as e:
+            p.error(str(e))
+    torch._dynamo.reset()
+    variants = [_variant(n, args) for n in names]
+    times = _time_rounds(variants, args.rounds, 10, args.model)
+    base = times["GN+ReLU"]
+    rows = {}
+    for v in variants:
+        t = statistics.median(times[v.name])
+        ratio = statistics.median(a / b for a, b in zip(times[v.name], base, strict=True))
+        rows[v.name] = {"ms": t * 1e3, "x_gn_relu": ratio}
+        if args.model == "stack":
+            rows[v.name]["over_gn_per_layer_us"] = (t - statistics.median(base)) * 1e6 / args.layers
+    what = (f"{args.layers} layers of C = {args.channels} on (1, {args.channels}, 2, 2)"
+            if args.model == "stack" else
+            f"{args.model} {'channels_last' if args.channels_last else 'contiguous'}")  # fmt: skip
+    print(f"{what}, compiled ({args.backend}), {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, median of {args.rounds} interleaved rounds\n")
+    per_layer = args.model == "stack"
+    print("| variant | ms per step | × GN+ReLU |" + (" over GN+ReLU, µs per layer |" * per_layer))
+    print("|---|---|---|" + "---|" * per_layer)
+    for name, r in rows.items():
+        cell = f" {r['over_gn_per_layer_us']:.1f} |" if per_layer else ""
+        print(f"| {name} | {r['ms']:.2f} | {r['x_gn_relu']:.3f} |{cell}")
+    if args.json:
+        meta = vars(args) | {"json": str(args.json), "threads": torch.get_num_threads(),
+                             "torch": torch.__version__}  # fmt: skip
+        args.json.write_text(json.dumps({"settings": meta, "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
