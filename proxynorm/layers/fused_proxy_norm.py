@@ -287,7 +287,7 @@ class _ProxyNormActFunction(torch.autograd.Function):
             grad_r = _sum_but_channels(gf * upcast(out)).div_(r)
         grad_w, grad_b = r * gw, r * gb
 
-        # --- proxy path: m and r through z~ = φ(u~), u~ = A q + B (C × n, saved), with
+        # --- proxy path: m and r through z~ = φ(u~), u~ = A q + B (C × n, recomputed), with
         # A = γ (1 + γ~), B = β + γ β~: ∂A = Σ_i ∂u~_i q_i, ∂B = Σ_i ∂u~_i.
         k = q.numel()
         tracked = _tracked(weight, bias, proxy_weight, proxy_bias)

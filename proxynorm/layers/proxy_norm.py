@@ -59,8 +59,12 @@ def _shared_quantiles(n_samples: int, device: torch.device | str | None) -> Tens
     (``benchmarks/compiled_layer_cost.py``, docs/PERFORMANCE.md). A layer that needs other
     quantiles gets its own tensor by assignment (``layer.quantiles = q``); editing the shared one
     in place would edit every layer's. The entry is recomputed and compared on every call (at
-    construction and ``.to()`` only), so a new layer never receives an edited tensor."""
+    construction and ``.to()`` only), so a new layer never receives an edited tensor. Only plain
+    tensors with data are shared: a layer built on the meta device, under a fake-tensor mode or
+    in inference mode gets its own (an inference tensor could not be saved for backward)."""
     q = proxy_quantiles(n_samples, device=device)
+    if type(q) is not Tensor or q.is_meta or q.is_inference():
+        return q
     key = (n_samples, q.device)
     shared = _SHARED_QUANTILES.get(key)
     if shared is None or not torch.equal(shared, q):

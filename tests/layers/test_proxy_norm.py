@@ -143,6 +143,24 @@ def test_layers_share_one_quantile_tensor_that_nobody_edits_for_them():
     assert ProxyNormAct(5, n_samples=37).quantiles is fresh.quantiles
 
 
+def test_quantiles_on_meta_or_in_inference_mode_are_never_shared():
+    """A layer built on the meta device (then ``to_empty``) or in inference mode works, and
+    never hands its quantile tensor to layers built normally (an inference tensor cannot be
+    saved for backward)."""
+    meta = ProxyNormAct(4, n_samples=38, device="meta")
+    assert meta.quantiles.is_meta and ProxyNormAct(4, n_samples=38, device="meta").quantiles.is_meta
+    meta.to_empty(device="cpu").reset_parameters()
+    torch.testing.assert_close(meta.quantiles, proxy_quantiles(38), rtol=0, atol=0)
+    with torch.inference_mode():
+        frozen = ProxyNormAct(4, n_samples=39)
+    assert frozen.quantiles.is_inference()
+    layer = ProxyNormAct(4, n_samples=39)
+    assert not layer.quantiles.is_inference() and layer.quantiles is not frozen.quantiles
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    layer(x).sum().backward()  # saves the quantiles for backward
+    assert x.grad is not None
+
+
 def test_parameters_and_buffers():
     pn = ProxyNormAct(5)
     names = dict(pn.named_parameters())
