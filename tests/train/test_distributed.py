@@ -143,7 +143,10 @@ cfg = build_config("cifar", model="resnet20", width_mult=0.25, data_dir=sys.argv
                    norm="gn+pn", probe=8)
 rank = os.environ["RANK"]
 final = train(cfg, os.path.join(sys.argv[2], "rank" + rank))
-print("rank", rank, "final", final["test_acc"], final["world_size"])
+# One write per line: with PYTHONUNBUFFERED, print's separate writes of each argument let the
+# two ranks' lines interleave on the shared stdout ("rankrank 1 final ..."), a flaky failure.
+sys.stdout.write(f"rank {rank} final {final['test_acc']} {final['world_size']}\\n")
+sys.stdout.flush()
 """
 
 
