@@ -42,13 +42,11 @@ _TWO_PASS = {"on": False}  # read while dynamo traces: each variant compiles its
 
 
 def _proxy(weight, bias, proxy_weight, proxy_bias, q, act, proxy_eps, scale, cdt):
-    """The shipped ``_proxy``, or (``_TWO_PASS``) the two-pass moments (scale=True only)."""
+    """The shipped ``_proxy``, or (``_TWO_PASS``) its eager two-pass moments under compile too."""
     if not _TWO_PASS["on"]:
         return _ONE_PASS(weight, bias, proxy_weight, proxy_bias, q, act, proxy_eps, scale, cdt)
     z, _, _ = fpn._proxy_z(weight, bias, proxy_weight, proxy_bias, q, act, cdt, True)
-    mean = z.mean(1, keepdim=True)
-    centered = z - mean
-    return mean.squeeze(1), torch.rsqrt((centered * centered).mean(1).add_(proxy_eps))
+    return fpn._two_pass_moments(z, proxy_eps, scale, True)
 
 
 fpn._proxy = _proxy

@@ -85,30 +85,37 @@ def _tracked(*params: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params)
 
 
-def _proxy(weight, bias, proxy_weight, proxy_bias, q: Tensor, act: Act, proxy_eps, scale, cdt):
-    """The proxy mean m and inverse std r = 1/sqrt(var + eps) (ones without ``scale``), (C,).
-
-    Eager: two passes over the C × n values (mean, then the centered squares; torch.var_mean
-    over 256-wide rows is much slower on CPU). Under ``torch.compile``: one pass, the sum and
-    sum of squares of ``z~ − φ(B)``, which inductor fuses into one loop without storing ``z~``;
-    the shift ``φ(B)`` is the median of ``z~`` for monotone φ and near it for the others, within
-    about one proxy std of the mean, so the subtraction loses at most about a bit.
-    """
-    tracked = _tracked(weight, bias, proxy_weight, proxy_bias)
-    z, _, b = _proxy_z(weight, bias, proxy_weight, proxy_bias, q, act, cdt, tracked)
-    if _compiling():
-        shift = act(b)
-        d = z - shift.unsqueeze(1)
-        dm = d.mean(1)
-        if not scale:
-            return shift + dm, torch.ones_like(dm)
-        var = ((d * d).mean(1) - dm * dm).clamp_min(0.0)
-        return shift + dm, torch.rsqrt(var + proxy_eps)
+def _two_pass_moments(z: Tensor, proxy_eps, scale: bool, tracked: bool):
+    """``(m, r)`` of z~ (C × n) in two passes: the mean, then the centered squares (torch.var_mean
+    over 256-wide rows is much slower on CPU); ``z~`` is centered in place unless ``tracked``."""
     mean = z.mean(1, keepdim=True)
     if not scale:
         return mean.squeeze(1), torch.ones_like(mean).squeeze(1)
     centered = z - mean if tracked else z.sub_(mean)
     return mean.squeeze(1), torch.rsqrt((centered * centered).mean(1).add_(proxy_eps))
+
+
+def _shifted_moments(z: Tensor, shift: Tensor, proxy_eps, scale: bool):
+    """``(m, r)`` of z~ (C × n) in one pass: the sum and sum of squares of ``z~ − shift``, which
+    inductor fuses into one loop without storing ``z~``. With ``shift = φ(B)``, the median of z~
+    for monotone φ and near it for the others, within about one proxy std of the mean, the
+    subtraction loses at most about a bit."""
+    d = z - shift.unsqueeze(1)
+    dm = d.mean(1)
+    if not scale:
+        return shift + dm, torch.ones_like(dm)
+    var = ((d * d).mean(1) - dm * dm).clamp_min(0.0)
+    return shift + dm, torch.rsqrt(var + proxy_eps)
+
+
+def _proxy(weight, bias, proxy_weight, proxy_bias, q: Tensor, act: Act, proxy_eps, scale, cdt):
+    """The proxy mean m and inverse std r = 1/sqrt(var + eps) (ones without ``scale``), (C,):
+    two passes eager, one under ``torch.compile`` (where the second pass would store z~)."""
+    tracked = _tracked(weight, bias, proxy_weight, proxy_bias)
+    z, _, b = _proxy_z(weight, bias, proxy_weight, proxy_bias, q, act, cdt, tracked)
+    if _compiling():
+        return _shifted_moments(z, act(b), proxy_eps, scale)
+    return _two_pass_moments(z, proxy_eps, scale, tracked)
 
 
 def proxy_statistics(
