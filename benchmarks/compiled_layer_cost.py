@@ -32,7 +32,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxynorm.bench import Variant, _time_rounds, model_setting  # noqa: E402
+from proxynorm.bench import (  # noqa: E402
+    Variant,
+    _time_rounds,
+    model_batch,
+    model_classes,
+    model_setting,
+)
 from proxynorm.layers import ProxyNormAct, norm_act, proxy_quantiles  # noqa: E402
 from proxynorm.layers import fused_proxy_norm as fpn  # noqa: E402
 from proxynorm.models import create_model  # noqa: E402
@@ -77,13 +83,11 @@ def _build(spec: str, kw: dict, args) -> tuple[nn.Module, tuple]:
                                 for _ in range(args.layers)])  # fmt: skip
         return model, (torch.randn(1, args.channels, 2, 2, requires_grad=True), None)
     s = model_setting(args.model)
-    num_classes = 10 if s["size"] <= 64 else 1000
-    model = create_model(s["model"], norm=spec, num_classes=num_classes, groups=8,
-                         width_mult=s["width_mult"], **kw)  # fmt: skip
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    x = torch.randn(s["batch"], 3, s["size"], s["size"]).contiguous(memory_format=fmt)
-    return model, (x, torch.randint(0, num_classes, (s["batch"],)))
+    model = create_model(s["model"], norm=spec, num_classes=model_classes(s["size"]), groups=8,
+                         width_mult=s["width_mult"], **kw)  # fmt: skip
+    x, y, _ = model_batch(s["batch"], s["size"], fmt)
+    return model.to(memory_format=fmt), (x, y)
 
 
 def _variant(name: str, args) -> Variant:

@@ -216,6 +216,22 @@ def _model_variant(
     return Variant(name, step, forward)
 
 
+def model_classes(size: int) -> int:
+    """The benchmark models' number of classes: 10 up to 64×64 images (CIFAR-like), 1000 above
+    (ImageNet-like)."""
+    return 10 if size <= 64 else 1000
+
+
+def model_batch(
+    batch: int, size: int, fmt=torch.contiguous_format, device: str | torch.device = "cpu"
+) -> tuple[Tensor, Tensor, int]:
+    """``(images, labels, num_classes)``: a random training batch for a benchmark model, images
+    (batch, 3, size, size) in memory format ``fmt``."""
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
+    num_classes = model_classes(size)
+    return x, torch.randint(0, num_classes, (batch,), device=device), num_classes
+
+
 def bench_models(
     model: str = "resnet20",
     batch: int = 128,
@@ -241,9 +257,7 @@ def bench_models(
         torch._dynamo.reset()  # silently fall back to eager
     device = torch.device(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
-    num_classes = 10 if size <= 64 else 1000
-    y = torch.randint(0, num_classes, (batch,), device=device)
+    x, y, num_classes = model_batch(batch, size, fmt, device)
     variants = []
     for name, (spec, path) in MODEL_VARIANTS.items():
         if path == "cpp" and not (cpp and use_cpp_kernel(True)):
