@@ -10,14 +10,21 @@ nothing depends on the batch; ``--model`` takes a ``proxynorm bench`` model (``r
 ``resnet50r-b2``...; ``--channels-last`` for that memory format). Variants, each one change
 against the shipped GN+PN:
 
+- ``GN+PN C×n one-pass``: ReLU's proxy moments from the C x n values z~ (the sum and sum of
+  squares of z~ − φ(B) in one pass, as for the other activations) instead of its closed form
+  from the active quantiles' count and sums; the backward then recomputes or keeps z~.
 - ``GN+PN quantiles per layer``: each layer its own quantile tensor (the layout before the
   shared tensor): each is one more graph input, with its guards and checks.
-- ``GN+PN two-pass moments``: the proxy mean, then the centered squares, as in eager mode (the
-  compiled formula before the one-pass shifted sums): inductor stores z~ between the two passes.
-- ``GN+PN before``: both of the above, i.e. the compiled path as it was before them.
-- ``GN+PN n=16``: 16 proxy quantiles instead of 256: what the C x n proxy values cost.
+- ``GN+PN two-pass moments``: the proxy mean, then the centered squares of z~, as in eager mode
+  (the compiled formula before the one-pass shifted sums): inductor stores z~ between the two.
+- ``GN+PN before``: two-pass moments and quantiles per layer, i.e. the compiled path as it was
+  before all three changes.
+- ``GN+PN n=16``: 16 proxy quantiles instead of 256: what the C x n proxy values still cost.
 - ``GN+PN no proxy affine``: without γ~, β~ (``proxy_affine=False``): what two more parameters
   per layer cost (graph inputs and outputs, gradient accumulation); not a setting to train with.
+
+Rounds run the variants in a new random order each (``proxynorm.bench``): in a fixed order, the
+same code came out 3-4 % slower (× GN+ReLU, resnet20-b1) timed second than timed third.
 """
 
 import argparse
@@ -43,19 +50,27 @@ from proxynorm.layers import ProxyNormAct, norm_act, proxy_quantiles  # noqa: E4
 from proxynorm.layers import fused_proxy_norm as fpn  # noqa: E402
 from proxynorm.models import create_model  # noqa: E402
 
-_ONE_PASS = fpn._proxy
-_TWO_PASS = {"on": False}  # read while dynamo traces: each variant compiles its own formula
+#: The proxy statistics a variant compiles ("closed", "one-pass", "two-pass"): read while
+#: dynamo traces, so each variant's graph has its own.
+_PATH = {"now": "closed"}
+_CLOSED_FORM = fpn._closed_form
 
 
-def _proxy(weight, bias, proxy_weight, proxy_bias, q, act, proxy_eps, scale, cdt):
-    """The shipped ``_proxy``, or (``_TWO_PASS``) its eager two-pass moments under compile too."""
-    if not _TWO_PASS["on"]:
-        return _ONE_PASS(weight, bias, proxy_weight, proxy_bias, q, act, proxy_eps, scale, cdt)
-    z, _, _ = fpn._proxy_z(weight, bias, proxy_weight, proxy_bias, q, act, cdt, True)
-    return fpn._two_pass_moments(z, proxy_eps, scale, True)
+def _closed_form(act) -> bool:
+    """The shipped choice, unless the variant compiles the proxy from z~."""
+    return _PATH["now"] == "closed" and _CLOSED_FORM(act)
 
 
-fpn._proxy = _proxy
+def _shifted_moments(z, shift, proxy_eps, scale):
+    """The shipped one-pass moments, or (``two-pass``) the eager two-pass ones under compile."""
+    if _PATH["now"] == "two-pass":
+        return fpn._two_pass_moments(z, proxy_eps, scale, True)
+    return _ONE_PASS(z, shift, proxy_eps, scale)
+
+
+_ONE_PASS = fpn._shifted_moments
+fpn._closed_form = _closed_form
+fpn._shifted_moments = _shifted_moments
 
 
 def _own_quantiles(model: nn.Module) -> None:
@@ -64,15 +79,17 @@ def _own_quantiles(model: nn.Module) -> None:
             m.quantiles = proxy_quantiles(m.n_samples)
 
 
-#: name: (norm, norm-act keyword arguments, quantiles per layer, two-pass moments)
+#: name: (norm, norm-act keyword arguments, quantiles per layer, proxy statistics under compile:
+#: "closed" (ReLU's closed form, shipped), "one-pass" (shifted sums over z~), "two-pass")
 VARIANTS = {
-    "GN+ReLU": ("gn", {}, False, False),
-    "GN+PN": ("gn+pn", {}, False, False),
-    "GN+PN quantiles per layer": ("gn+pn", {}, True, False),
-    "GN+PN two-pass moments": ("gn+pn", {}, False, True),
-    "GN+PN before": ("gn+pn", {}, True, True),
-    "GN+PN n=16": ("gn+pn", {"n_samples": 16}, False, False),
-    "GN+PN no proxy affine": ("gn+pn", {"proxy_affine": False}, False, False),
+    "GN+ReLU": ("gn", {}, False, "closed"),
+    "GN+PN": ("gn+pn", {}, False, "closed"),
+    "GN+PN C×n one-pass": ("gn+pn", {}, False, "one-pass"),
+    "GN+PN quantiles per layer": ("gn+pn", {}, True, "closed"),
+    "GN+PN two-pass moments": ("gn+pn", {}, False, "two-pass"),
+    "GN+PN before": ("gn+pn", {}, True, "two-pass"),
+    "GN+PN n=16": ("gn+pn", {"n_samples": 16}, False, "closed"),
+    "GN+PN no proxy affine": ("gn+pn", {"proxy_affine": False}, False, "closed"),
 }
 
 
@@ -91,7 +108,7 @@ def _build(spec: str, kw: dict, args) -> tuple[nn.Module, tuple]:
 
 
 def _variant(name: str, args) -> Variant:
-    spec, kw, own_quantiles, two_pass = VARIANTS[name]
+    spec, kw, own_quantiles, path = VARIANTS[name]
     torch.manual_seed(0)
     model, (x, y) = _build(spec, kw, args)
     model.train()
@@ -100,7 +117,7 @@ def _variant(name: str, args) -> Variant:
     run = torch.compile(model, backend=args.backend)
 
     def loss() -> torch.Tensor:
-        _TWO_PASS["on"] = two_pass
+        _PATH["now"] = path
         out = run(x)
         return out.sum() if y is None else F.cross_entropy(out, y)
 
@@ -119,8 +136,8 @@ def main() -> None:
     p.add_argument("--channels", type=int, default=16, help="stack: channels C per layer (>= 8)")
     p.add_argument("--channels-last", action="store_true", help="model: channels_last format")
     p.add_argument("--rounds", type=int, default=300, help="timed interleaved rounds")
-    p.add_argument("--variants", help="comma-separated subset, in timing order (GN+ReLU always "
-                   "first); default all")
+    p.add_argument("--variants", help="comma-separated subset (GN+ReLU, the baseline, always "
+                   "included); default all")
     p.add_argument("--backend", default="inductor", help="torch.compile backend (tests: aot_eager)")
     p.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = p.parse_args()
@@ -153,7 +170,8 @@ def main() -> None:
             if args.model == "stack" else
             f"{args.model} {'channels_last' if args.channels_last else 'contiguous'}")  # fmt: skip
     print(f"{what}, compiled ({args.backend}), {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, median of {args.rounds} interleaved rounds\n")
+          f"torch {torch.__version__}, median of {args.rounds} interleaved rounds "
+          "in random order\n")
     per_layer = args.model == "stack"
     print("| variant | ms per step | × GN+ReLU |" + (" over GN+ReLU, µs per layer |" * per_layer))
     print("|---|---|---|" + "---|" * per_layer)

@@ -23,13 +23,14 @@ OMP_NUM_THREADS=1 python benchmarks/pn_overhead.py --compile --n-samples 2,256,2
   > "$OUT/pn_overhead_compiled.md"
 # 6. Compiled small-batch cost taken apart, variants in one process (docs/PERFORMANCE.md).
 C="$OUT/compiled_cost"; mkdir -p "$C"; export OMP_NUM_THREADS=2
+V="GN+PN before,GN+PN C×n one-pass,GN+PN"  # the path before this work, the last step, now
 python benchmarks/compiled_layer_cost.py --json "$C/stack_c16.json" > "$C/stack_c16.md"
 python benchmarks/compiled_layer_cost.py --model resnet20-b1 --rounds 600 \
-  --variants "GN+PN before,GN+PN" --json "$C/resnet20-b1.json" > "$C/resnet20-b1.md"
+  --variants "$V" --json "$C/resnet20-b1.json" > "$C/resnet20-b1.md"
 python benchmarks/compiled_layer_cost.py --model resnet20-b1 --channels-last --rounds 600 \
-  --variants "GN+PN before,GN+PN" --json "$C/resnet20-b1-cl.json" > "$C/resnet20-b1-cl.md"
-python benchmarks/compiled_layer_cost.py --model resnet50r-b2 --rounds 150 \
-  --variants "GN+PN before,GN+PN" --json "$C/resnet50r-b2.json" > "$C/resnet50r-b2.md"
+  --variants "$V" --json "$C/resnet20-b1-cl.json" > "$C/resnet20-b1-cl.md"
+python benchmarks/compiled_layer_cost.py --model resnet50r-b2 --rounds 100 \
+  --variants "$V" --json "$C/resnet50r-b2.json" > "$C/resnet50r-b2.md"
 python benchmarks/compiled_layer_cost.py --model resnet50r-b2 --rounds 100 \
   --variants "GN+PN,GN+PN n=16,GN+PN no proxy affine" --json "$C/resnet50r-b2-parts.json" \
   > "$C/resnet50r-b2-parts.md"

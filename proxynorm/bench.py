@@ -10,6 +10,7 @@ by two nodes, like a ReLU output that the next convolution also saves, counts on
 from __future__ import annotations
 
 import json
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -72,14 +73,18 @@ def _sync(device: torch.device) -> None:
 def _time_rounds(
     variants: list[Variant], repeats: int, warmup: int, desc: str, device=_CPU
 ) -> dict:
-    """Warm-up calls, then ``repeats`` interleaved rounds (one call of each variant per round);
-    on a GPU the clock is read after synchronizing, so it measures the work, not its launch."""
+    """Warm-up calls, then ``repeats`` interleaved rounds: one call of each variant per round, in
+    a new (seeded) random order each, since a variant timed right after another pays for the state
+    that one leaves (a fixed order made the same code 3-4 % slower in one place than in another).
+    On a GPU the clock is read after synchronizing, so it measures the work, not its launch."""
     for v in variants:
         for _ in range(warmup):
             v.step()
     times: dict[str, list[float]] = {v.name: [] for v in variants}
+    order, rng = list(variants), random.Random(0)
     for _ in tqdm(range(repeats), desc=desc, leave=False, disable=None):
-        for v in variants:
+        rng.shuffle(order)
+        for v in order:
             _sync(device)
             t0 = time.perf_counter()
             v.step()

@@ -22,6 +22,20 @@ def test_layer_and_model_benchmarks_report_ratios_and_memory():
     assert "| gn+pn (fused) |" in text
 
 
+def test_rounds_run_the_variants_in_a_new_random_order_each():
+    """A fixed order biases the timings (the variant timed right after another pays for what
+    that one left behind); every variant still runs once per round."""
+    from proxynorm.bench import Variant, _time_rounds
+
+    calls = []
+    variants = [Variant(n, lambda n=n: calls.append(n), None) for n in "abcd"]
+    times = _time_rounds(variants, repeats=30, warmup=0, desc="t")
+    rounds = [tuple(calls[i : i + 4]) for i in range(0, len(calls), 4)]
+    assert all(sorted(r) == list("abcd") for r in rounds) and len(rounds) == 30
+    assert len(set(rounds)) > 5 and {r[0] for r in rounds} == set("abcd")
+    assert all(len(times[n]) == 30 for n in "abcd")
+
+
 def test_run_benchmarks_rejects_unknown_models(tmp_path):
     with pytest.raises(ValueError, match="unknown benchmark model"):
         run_benchmarks(tmp_path, ["vgg"], repeats=1)
@@ -110,7 +124,7 @@ def test_compiled_cost_script_times_every_variant_against_gn_relu(tmp_path):
            "aot_eager", "--json", str(out)]  # fmt: skip
     text = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600).stdout
     rows = json.loads(out.read_text())["rows"]
-    assert list(rows) == ["GN+ReLU", "GN+PN", "GN+PN quantiles per layer",
+    assert list(rows) == ["GN+ReLU", "GN+PN", "GN+PN C×n one-pass", "GN+PN quantiles per layer",
                           "GN+PN two-pass moments", "GN+PN before", "GN+PN n=16",
                           "GN+PN no proxy affine"]  # fmt: skip
     assert rows["GN+ReLU"]["x_gn_relu"] == 1.0 and rows["GN+ReLU"]["over_gn_per_layer_us"] == 0

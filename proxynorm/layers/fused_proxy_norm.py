@@ -21,6 +21,10 @@ same passes over memory as GN + ReLU plus one. For positively homogeneous φ (Re
 identity), r > 0 is folded into the norm's affine: ``out = φ(γr·y + βr) − mr``, for ReLU
 ``max(γr·y + (β−m)r, −mr)``. Every activation of the registry (:mod:`.activation`) takes this
 path: φ' comes from the same aten kernels autograd uses.
+
+Under ``torch.compile`` the proxy moments are one pass over z~ (shifted sums), and for ReLU none:
+ReLU is linear where ``u~ > 0``, so m, r and their gradients follow in closed form from the count
+and the sums of q and q² over the active quantiles (one C × n pass in forward, none in backward).
 """
 
 from __future__ import annotations
@@ -108,14 +112,58 @@ def _shifted_moments(z: Tensor, shift: Tensor, proxy_eps, scale: bool):
     return shift + dm, torch.rsqrt(var + proxy_eps)
 
 
+def _relu_sums(a: Tensor, b: Tensor, q: Tensor) -> Tensor:
+    """(3, C) in float64: per channel, the number of quantiles where ReLU's proxy input
+    ``u~_i = A q_i + B`` is positive, and the sums of ``q_i`` and ``q_i²`` over them. One C × n
+    pass that stores nothing; ReLU is linear on that set, so the proxy moments and their gradients
+    follow from these three numbers (:func:`_relu_moments`, :func:`_relu_proxy_grads`)."""
+    f64 = torch.float64
+    q = q.to(f64)
+    on = torch.addcmul(b.to(f64).unsqueeze(1), a.to(f64).unsqueeze(1), q) > 0
+    qa = torch.where(on, q, 0.0)
+    return torch.stack([on.sum(1, dtype=f64), qa.sum(1), (qa * q).sum(1)])
+
+
+def _relu_moments(sums: Tensor, a: Tensor, b: Tensor, n: int, proxy_eps, scale: bool, cdt):
+    """``(m, r)`` of ``z~ = ReLU(A q + B)`` from :func:`_relu_sums`, in float64, then ``cdt``:
+    the mean and mean square of ``d = z~ − c`` with ``c = ReLU(B)`` (the shift of
+    :func:`_shifted_moments`), which are ``A q + B − c`` on the ``cnt`` active quantiles and
+    ``−c`` on the others."""
+    cnt, s1, s2 = sums
+    a, b = a.to(torch.float64), b.to(torch.float64)
+    c = b.clamp_min(0.0)
+    bc = b - c
+    dm = (a * s1 + bc * cnt - c * (n - cnt)) / n
+    m = (c + dm).to(cdt)
+    if not scale:
+        return m, torch.ones_like(m)
+    d2 = (a * a * s2 + 2 * a * bc * s1 + bc * bc * cnt + c * c * (n - cnt)) / n
+    return m, torch.rsqrt((d2 - dm * dm).clamp_min(0.0) + proxy_eps).to(cdt)
+
+
+def _closed_form(act: Act) -> bool:
+    """Whether the proxy statistics and their gradients come from :func:`_relu_sums`: ReLU under
+    ``torch.compile``, where the C × n proxy values are PN's main fixed cost (eager mode keeps the
+    two-pass formula, and the C++ kernel its own)."""
+    return act.name == "relu" and _compiling()
+
+
 def _proxy(weight, bias, proxy_weight, proxy_bias, q: Tensor, act: Act, proxy_eps, scale, cdt):
-    """The proxy mean m and inverse std r = 1/sqrt(var + eps) (ones without ``scale``), (C,):
-    two passes eager, one under ``torch.compile`` (where the second pass would store z~)."""
+    """``(m, r, for_backward)``: the proxy mean m and inverse std r = 1/sqrt(var + eps) (ones
+    without ``scale``), (C,), in ``cdt``, and what the backward needs of the proxy (the
+    quantiles in ``cdt``, or ReLU's sums). Two passes over z~ eager, one under ``torch.compile``
+    (where the second pass would store z~), and for ReLU under compile, none of z~
+    (:func:`_relu_sums`)."""
+    if _closed_form(act):
+        a, b = _proxy_affine(weight, bias, proxy_weight, proxy_bias, cdt)
+        sums = _relu_sums(a, b, q)
+        return *_relu_moments(sums, a, b, q.numel(), proxy_eps, scale, cdt), sums
+    q = _as(q, cdt)
     tracked = _tracked(weight, bias, proxy_weight, proxy_bias)
     z, _, b = _proxy_z(weight, bias, proxy_weight, proxy_bias, q, act, cdt, tracked)
     if _compiling():
-        return _shifted_moments(z, act(b), proxy_eps, scale)
-    return _two_pass_moments(z, proxy_eps, scale, tracked)
+        return *_shifted_moments(z, act(b), proxy_eps, scale), q
+    return *_two_pass_moments(z, proxy_eps, scale, tracked), q
 
 
 def proxy_statistics(
@@ -131,8 +179,8 @@ def proxy_statistics(
 ) -> tuple[Tensor, Tensor]:
     """The proxy mean m and r = 1/sqrt(var + eps) (ones without ``scale``), each (C,), in
     ``dtype`` (no autograd graph is recorded by the fused Function; see its backward)."""
-    q = quantiles.to(dtype)
-    return _proxy(weight, bias, proxy_weight, proxy_bias, q, act, proxy_eps, scale, dtype)
+    return _proxy(weight, bias, proxy_weight, proxy_bias, quantiles, act, proxy_eps, scale,
+                  dtype)[:2]  # fmt: skip
 
 
 def group_norm(x: Tensor, groups: int, w: Tensor | None, b: Tensor | None, eps: float):
@@ -203,6 +251,48 @@ def _step(x: Tensor, w, b, m, r, act: Act, groups: int | None, eps: float):
     return out, stats
 
 
+def _proxy_grads(weight, bias, proxy_weight, proxy_bias, q, act: Act, m, r, gsum, grad_r, scale,
+                 cdt):  # fmt: skip
+    """``(∂A, ∂B)`` (C,) from ``∂m = −r Σ g`` and ``∂r``, through z~ (C × n, recomputed):
+    ``∂z~_i = (∂m + 2 (z~_i − m) ∂v) / n`` with ``∂v = −r³/2 ∂r``, ``∂u~_i = φ'(u~_i) ∂z~_i``,
+    ``∂A = Σ_i ∂u~_i q_i``, ``∂B = Σ_i ∂u~_i``."""
+    k = q.numel()
+    tracked = _tracked(weight, bias, proxy_weight, proxy_bias)
+    z, util, _ = _proxy_z(weight, bias, proxy_weight, proxy_bias, q, act, cdt, tracked)
+    pm = m.unsqueeze(1)  # the forward's proxy mean
+    centered = z - pm if tracked else z.sub_(pm)
+    grad_m = (r * gsum).mul_(-1.0 / k).unsqueeze(1)
+    if scale:
+        dz = torch.addcmul(grad_m, centered, (r.pow(3) * grad_r).mul_(-1.0 / k).unsqueeze(1))
+    else:
+        dz = grad_m.expand_as(centered)
+    if act.name == "relu":  # u~ > 0 exactly where z~ − m > −m
+        du = torch.ops.aten.threshold_backward(dz, centered + pm, 0.0)
+    elif act.name == "identity":
+        du = dz
+    else:
+        du = act.grad(dz, util)
+    return torch.mv(du, q), du.sum(1)
+
+
+def _relu_proxy_grads(weight, bias, proxy_weight, proxy_bias, sums, n, m, r, gsum, grad_r, scale,
+                      cdt):  # fmt: skip
+    """:func:`_proxy_grads` for ReLU from :func:`_relu_sums` (float64): ``∂u~_i = ∂z~_i`` on the
+    ``cnt`` active quantiles and 0 elsewhere, so ``∂B = (∂m cnt + 2 ∂v (A S1 + (B − m) cnt)) / n``
+    and ``∂A = (∂m S1 + 2 ∂v (A S2 + (B − m) S1)) / n``."""
+    cnt, s1, s2 = sums
+    a, b = _proxy_affine(weight, bias, proxy_weight, proxy_bias, cdt)
+    a, b, f64 = a.to(torch.float64), b.to(torch.float64), torch.float64
+    gm = -(r * gsum).to(f64)
+    if not scale:
+        return (gm * s1 / n).to(cdt), (gm * cnt / n).to(cdt)
+    gv2 = -(r.pow(3) * grad_r).to(f64)  # 2 ∂v
+    bm = b - m.to(f64)
+    grad_a = (gm * s1 + gv2 * (a * s2 + bm * s1)) / n
+    grad_b = (gm * cnt + gv2 * (a * s1 + bm * cnt)) / n
+    return grad_a.to(cdt), grad_b.to(cdt)
+
+
 class _ProxyNormActFunction(torch.autograd.Function):
     """``out = (φ(γ y + β) − m) r`` with ``y = x`` (``groups=None``) or ``y = GN(x, groups)``, and
     m, r the proxy statistics of (γ, β, γ~, β~)."""
@@ -223,20 +313,23 @@ class _ProxyNormActFunction(torch.autograd.Function):
         eps: float,
     ):
         cdt = upcast(x).dtype
-        w, b, q = _as(weight, cdt), _as(bias, cdt), _as(quantiles, cdt)
-        m, r = _proxy(weight, bias, proxy_weight, proxy_bias, q, act, proxy_eps, scale, cdt)
+        w, b = _as(weight, cdt), _as(bias, cdt)
+        m, r, proxy = _proxy(weight, bias, proxy_weight, proxy_bias, quantiles, act, proxy_eps,
+                             scale, cdt)  # fmt: skip
         out, stats = _step(x, w, b, m, r, act, groups, eps)
         out = _as(out, x.dtype)
         ctx.act, ctx.proxy_eps, ctx.scale, ctx.groups, ctx.eps = act, proxy_eps, scale, groups, eps
+        ctx.n = quantiles.numel()
         # The C × n proxy intermediates are recomputed in backward rather than saved: at small
         # batches (PN's use) they would be a visible share of the saved memory (C × n per layer).
-        ctx.save_for_backward(x, weight, bias, proxy_weight, proxy_bias, q, m, r, out, *stats)
+        # ReLU under compile keeps its three sums (3 × C) instead and recomputes nothing.
+        ctx.save_for_backward(x, weight, bias, proxy_weight, proxy_bias, proxy, m, r, out, *stats)
         return out
 
     @staticmethod
     def backward(ctx, g):
         act, groups, eps = ctx.act, ctx.groups, ctx.eps
-        x, weight, bias, proxy_weight, proxy_bias, q, m, r, out, *stats = ctx.saved_tensors
+        x, weight, bias, proxy_weight, proxy_bias, proxy, m, r, out, *stats = ctx.saved_tensors
         need_x, need_w, need_b, need_pw, need_pb = ctx.needs_input_grad[:5]
         xf = _dense(x)
         gf = upcast(g)  # any layout: the kernels below take strides (an expanded g stays cheap)
@@ -294,26 +387,14 @@ class _ProxyNormActFunction(torch.autograd.Function):
             grad_r = _sum_but_channels(gf * upcast(out)).div_(r)
         grad_w, grad_b = r * gw, r * gb
 
-        # --- proxy path: m and r through z~ = φ(u~), u~ = A q + B (C × n, recomputed), with
-        # A = γ (1 + γ~), B = β + γ β~: ∂A = Σ_i ∂u~_i q_i, ∂B = Σ_i ∂u~_i.
-        k = q.numel()
-        tracked = _tracked(weight, bias, proxy_weight, proxy_bias)
-        z, util, _ = _proxy_z(weight, bias, proxy_weight, proxy_bias, q, act, cdt, tracked)
-        pm = m.unsqueeze(1)  # the forward's proxy mean
-        centered = z - pm if tracked else z.sub_(pm)
-        # ∂m = −r Σ g;  ∂z~_i = (∂m + 2 (z~_i − m) ∂v) / n with ∂v = −r³/2 ∂r
-        grad_m = (r * gsum).mul_(-1.0 / k).unsqueeze(1)
-        if ctx.scale:
-            dz = torch.addcmul(grad_m, centered, (r.pow(3) * grad_r).mul_(-1.0 / k).unsqueeze(1))
-        else:
-            dz = grad_m.expand_as(centered)
-        if act.name == "relu":  # u~ > 0 exactly where z~ − m > −m
-            du = torch.ops.aten.threshold_backward(dz, centered + pm, 0.0)
-        elif act.name == "identity":
-            du = dz
-        else:
-            du = act.grad(dz, util)
-        grad_bb, grad_a = du.sum(1), torch.mv(du, q)
+        # --- proxy path: m and r through z~ = φ(u~), u~ = A q + B, with A = γ (1 + γ~),
+        # B = β + γ β~: ∂A = Σ_i ∂u~_i q_i, ∂B = Σ_i ∂u~_i (over z~ recomputed, or ReLU's sums).
+        params = (weight, bias, proxy_weight, proxy_bias)
+        if _closed_form(act):  # proxy: ReLU's sums, (3, C)
+            grad_a, grad_bb = _relu_proxy_grads(*params, proxy, ctx.n, m, r, gsum, grad_r,
+                                                ctx.scale, cdt)  # fmt: skip
+        else:  # proxy: the quantiles
+            grad_a, grad_bb = _proxy_grads(*params, proxy, act, m, r, gsum, grad_r, ctx.scale, cdt)
         grad_w.add_(grad_a)
         if proxy_weight is not None:
             grad_w.addcmul_(grad_a, _as(proxy_weight, cdt))

@@ -217,6 +217,49 @@ def test_one_pass_statistics_under_compile_match_the_reference_float64(monkeypat
     assert_same_values_and_gradients(out, ref, args)
 
 
+# (γ, β, γ~, β~) per channel: A = γ (1 + γ~) > 0, < 0 and = 0 (γ = 0, and γ~ = −1), with B
+# = β + γ β~ inside the quantiles, outside them on both sides (every / no quantile active) and 0.
+_RELU_CASES = [(1.0, 0.0, 0.0, 0.0), (1.3, 0.4, 0.2, -0.1), (-0.7, 0.5, 0.1, 0.3),
+               (0.8, 9.0, 0.0, 0.0), (0.8, -9.0, 0.0, 0.0), (-2.0, 0.0, 0.0, 0.0),
+               (0.0, 0.6, 0.5, 0.5), (0.0, -0.6, 0.5, 0.5), (0.5, 0.3, -1.0, 0.2)]  # fmt: skip
+
+
+@pytest.mark.parametrize("scale", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_relu_closed_form_under_compile_matches_the_reference_float64(
+    monkeypatch, scale, affine, shuffled
+):
+    """Under torch.compile, ReLU's proxy statistics and their gradients come from the count and
+    the sums of q and q² over the active quantiles (:func:`fpn._relu_sums`), with no C × n value
+    kept. Every sign of A, B outside the quantiles on either side, and quantiles in any order."""
+    monkeypatch.setattr(fpn, "_compiling", lambda: True)
+    q = proxy_quantiles(33)  # odd: one quantile is exactly 0, on the boundary where A = 1, B = 0
+    if shuffled:
+        q = q[torch.randperm(33, generator=torch.Generator().manual_seed(0))]
+    w, b, pw, pb = (torch.tensor(col, dtype=torch.float64).requires_grad_()
+                    for col in zip(*_RELU_CASES, strict=True))  # fmt: skip
+    if not affine:
+        pw = pb = None
+    x = torch.randn(2, len(_RELU_CASES), 3, 3, dtype=torch.float64).requires_grad_()
+    args = (x, w, b, pw, pb)
+    ref = _reference(*args, "relu", scale, 3, q)
+    out = fused_proxy_norm_act(*args, q, get_act("relu"), 0.03, scale, 3, 1e-5)
+    assert_same_values_and_gradients(out, ref, [t for t in args if t is not None])
+
+
+def test_relu_closed_form_passes_gradcheck(monkeypatch):
+    monkeypatch.setattr(fpn, "_compiling", lambda: True)
+    q = proxy_quantiles(16)
+    x, w, b, pw, pb = _inputs(c=4, seed=2)
+    x = x.detach()[:2, :, :3, :3].requires_grad_()
+
+    def fn(x, w, b, pw, pb):
+        return fused_proxy_norm_act(x, w, b, pw, pb, q, get_act("relu"), 0.03, True, 2, 1e-5)
+
+    assert gradcheck(fn, (x, w, b, pw, pb))
+
+
 @pytest.mark.parametrize("act", ["relu", "silu", "gelu", "tanh", "hardswish"])
 @pytest.mark.parametrize("beta", [0.0, -3.0, 50.0, 1e3])
 @pytest.mark.parametrize("gamma", [1e-3, 1.0, -10.0])
