@@ -34,3 +34,6 @@ python benchmarks/compiled_layer_cost.py --model resnet50r-b2 --rounds 100 \
 python benchmarks/compiled_layer_cost.py --model resnet50r-b2 --rounds 100 \
   --variants "GN+PN,GN+PN n=16,GN+PN no proxy affine" --json "$C/resnet50r-b2-parts.json" \
   > "$C/resnet50r-b2-parts.md"
+# 7. The compiled columns after ReLU's closed form (docs/PERFORMANCE.md, issue 19's targets).
+proxynorm bench --models resnet20,resnet20-b1,resnet20-b8,resnet50r-b2 \
+  --compile resnet20,resnet20-b1,resnet20-b8,resnet50r-b2 --repeats 10 --out "$OUT/cpu-compiled"
