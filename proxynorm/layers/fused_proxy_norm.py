@@ -319,7 +319,9 @@ class _ProxyNormActFunction(torch.autograd.Function):
         out, stats = _step(x, w, b, m, r, act, groups, eps)
         out = _as(out, x.dtype)
         ctx.act, ctx.proxy_eps, ctx.scale, ctx.groups, ctx.eps = act, proxy_eps, scale, groups, eps
-        ctx.n = quantiles.numel()
+        # The backward takes the forward's proxy path whatever it runs under (compiled autograd
+        # may trace the backward of an eager forward): ``proxy`` is what that path saved.
+        ctx.closed, ctx.n = _closed_form(act), quantiles.numel()
         # The C × n proxy intermediates are recomputed in backward rather than saved: at small
         # batches (PN's use) they would be a visible share of the saved memory (C × n per layer).
         # ReLU under compile keeps its three sums (3 × C) instead and recomputes nothing.
@@ -390,7 +392,7 @@ class _ProxyNormActFunction(torch.autograd.Function):
         # --- proxy path: m and r through z~ = φ(u~), u~ = A q + B, with A = γ (1 + γ~),
         # B = β + γ β~: ∂A = Σ_i ∂u~_i q_i, ∂B = Σ_i ∂u~_i (over z~ recomputed, or ReLU's sums).
         params = (weight, bias, proxy_weight, proxy_bias)
-        if _closed_form(act):  # proxy: ReLU's sums, (3, C)
+        if ctx.closed:  # proxy: ReLU's sums, (3, C)
             grad_a, grad_bb = _relu_proxy_grads(*params, proxy, ctx.n, m, r, gsum, grad_r,
                                                 ctx.scale, cdt)  # fmt: skip
         else:  # proxy: the quantiles

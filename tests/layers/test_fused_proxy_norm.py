@@ -248,6 +248,23 @@ def test_relu_closed_form_under_compile_matches_the_reference_float64(
     assert_same_values_and_gradients(out, ref, [t for t in args if t is not None])
 
 
+@pytest.mark.parametrize("forward_compiled", [True, False])
+def test_backward_takes_the_forward_proxy_path_under_any_compile_state(
+    monkeypatch, forward_compiled
+):
+    """Compiled autograd can trace the backward of an eager forward (and the reverse is possible
+    in principle): the backward reads what the forward saved (ReLU's sums or the quantiles), not
+    whether it is compiling now."""
+    compiling = {"now": forward_compiled}
+    monkeypatch.setattr(fpn, "_compiling", lambda: compiling["now"])
+    q = proxy_quantiles(32)
+    args = _inputs()
+    ref = _reference(*args, "relu", True, 2, q)
+    out = fused_proxy_norm_act(*args, q, get_act("relu"), 0.03, True, 2, 1e-5)
+    compiling["now"] = not forward_compiled
+    assert_same_values_and_gradients(out, ref, args)
+
+
 def test_relu_closed_form_passes_gradcheck(monkeypatch):
     monkeypatch.setattr(fpn, "_compiling", lambda: True)
     q = proxy_quantiles(16)
