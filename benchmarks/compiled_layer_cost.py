@@ -53,7 +53,7 @@ from proxynorm.models import create_model  # noqa: E402
 #: The proxy statistics a variant compiles ("closed", "one-pass", "two-pass"): read while
 #: dynamo traces, so each variant's graph has its own.
 _PATH = {"now": "closed"}
-_CLOSED_FORM = fpn._closed_form
+_CLOSED_FORM, _ONE_PASS = fpn._closed_form, fpn._shifted_moments  # the shipped ones
 
 
 def _closed_form(act) -> bool:
@@ -68,7 +68,6 @@ def _shifted_moments(z, shift, proxy_eps, scale):
     return _ONE_PASS(z, shift, proxy_eps, scale)
 
 
-_ONE_PASS = fpn._shifted_moments
 fpn._closed_form = _closed_form
 fpn._shifted_moments = _shifted_moments
 
