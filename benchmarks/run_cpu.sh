@@ -37,3 +37,10 @@ python benchmarks/compiled_layer_cost.py --model resnet50r-b2 --rounds 100 \
 # 7. The compiled columns after ReLU's closed form (docs/PERFORMANCE.md, issue 19's targets).
 proxynorm bench --models resnet20,resnet20-b1,resnet20-b8,resnet50r-b2 \
   --compile resnet20,resnet20-b1,resnet20-b8,resnet50r-b2 --repeats 10 --out "$OUT/cpu-compiled"
+# 8. Where the compiled per-layer difference goes: inductor's kernels or the graph wrappers'
+#    Python, at resnet20's first stage at batch 1 and at 128 channels (docs/PERFORMANCE.md).
+mkdir -p "$C/split"
+python benchmarks/compiled_split.py --json "$C/split/resnet20-stage1-b1.json" \
+  > "$C/split/resnet20-stage1-b1.md"
+python benchmarks/compiled_split.py --shape 2,128,8,8 --json "$C/split/c128-b2.json" \
+  > "$C/split/c128-b2.md"

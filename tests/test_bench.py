@@ -131,3 +131,32 @@ def test_compiled_cost_script_times_every_variant_against_gn_relu(tmp_path):
     assert "| GN+PN before |" in text
     bad = subprocess.run([*cmd, "--variants", "GN+PN,nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown variants ['nope']" in bad.stderr
+
+
+def test_compiled_split_times_the_kernel_inside_each_graph_call(tmp_path):
+    """benchmarks/compiled_split.py's timing of one inductor output-code module, on a module
+    written here with its shape (``get_args``, ``call``, one ``cpp_fused_*`` kernel): the kernel
+    time is what the kernel spends, the rest is the wrapper's."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "compiled_split.py"
+    spec = importlib.util.spec_from_file_location("compiled_split", script)
+    split = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(split)
+    code = tmp_path / "output_code.py"
+    code.write_text(
+        "import time\n"
+        "def cpp_fused_step_0(x):\n"
+        "    end = time.perf_counter() + 200e-6\n"
+        "    while time.perf_counter() < end: pass\n"
+        "def get_args():\n"
+        "    return [1]\n"
+        "def call(args):\n"
+        "    end = time.perf_counter() + 300e-6\n"
+        "    while time.perf_counter() < end: pass\n"
+        "    cpp_fused_step_0(args[0])\n"
+    )
+    row = split._time_graph(code, calls=3, rounds=3)
+    assert row["kernel_us"] >= 200 and row["call_us"] >= 500, row
+    assert row["call_us"] - row["kernel_us"] >= 300, row  # the wrapper's own 300 µs
