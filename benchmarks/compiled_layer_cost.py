@@ -28,7 +28,6 @@ same code came out 3-4 % slower (× GN+ReLU, resnet20-b1) timed second than time
 """
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -45,6 +44,7 @@ from proxynorm.bench import (  # noqa: E402
     model_batch,
     model_classes,
     model_setting,
+    write_script_json,
 )
 from proxynorm.layers import ProxyNormAct, norm_act, proxy_quantiles  # noqa: E402
 from proxynorm.layers import fused_proxy_norm as fpn  # noqa: E402
@@ -178,9 +178,7 @@ def main() -> None:
         cell = f" {r['over_gn_per_layer_us']:.1f} |" if per_layer else ""
         print(f"| {name} | {r['ms']:.2f} | {r['x_gn_relu']:.3f} |{cell}")
     if args.json:
-        meta = vars(args) | {"json": str(args.json), "threads": torch.get_num_threads(),
-                             "torch": torch.__version__}  # fmt: skip
-        args.json.write_text(json.dumps({"settings": meta, "rows": rows}, indent=1) + "\n")
+        write_script_json(args.json, vars(args), rows)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 Compiles a stack of ``--layers`` GN+ReLU and GN+PN layers on one input shape, each in a child
 process with ``TORCH_COMPILE_DEBUG=1`` (which writes inductor's output code) and inductor's caches
 off (a cache hit writes none). Then it times each graph's ``call`` (forward and backward) by
-itself on random inputs, and within it the fused C++ kernel: ``call − kernel`` is the Python of
+itself on random inputs (``calls`` calls per round, the four graphs in interleaved rounds of
+``proxynorm.bench``), and within it the fused C++ kernel: ``call − kernel`` is the Python of
 the graph wrapper (buffer allocations, input size/stride checks, the returned tuple). What neither
 holds (autograd's gradient accumulation, dynamo's guards, AOTAutograd's saved-tensor handling) is
 the rest of a training step's difference, measured by ``compiled_layer_cost.py``.
@@ -14,7 +15,6 @@ the rest of a training step's difference, measured by ``compiled_layer_cost.py``
 
 import argparse
 import importlib.util
-import json
 import os
 import statistics
 import subprocess
@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from proxynorm.bench import Variant, _time_rounds, write_script_json
 
 _CHILD = """
 import sys, torch
@@ -48,32 +50,40 @@ def _output_code(spec: str, layers: int, shape: str, where: Path) -> dict[str, P
     return {k: found[k] for k in ("forward", "backward")}
 
 
-def _time_graph(path: Path, calls: int, rounds: int) -> dict[str, float]:
-    """Median over rounds of µs per ``call`` and per kernel call within it."""
+def _graph_variant(name: str, path: Path, calls: int) -> tuple[Variant, list[float]]:
+    """A variant whose step makes ``calls`` calls of the output code's ``call``, and the µs per
+    call its kernel spent in each step (appended by the step)."""
     spec = importlib.util.spec_from_file_location(f"oc_{abs(hash(path))}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    (name,) = [k for k in vars(mod) if k.startswith("cpp_fused")]
-    kernel, spent = getattr(mod, name), [0.0]
+    (kernel_name,) = [k for k in vars(mod) if k.startswith("cpp_fused")]
+    kernel, spent, inside = getattr(mod, kernel_name), [0.0], []
 
     def timed(*args):
         t = time.perf_counter()
         kernel(*args)
         spent[0] += time.perf_counter() - t
 
-    setattr(mod, name, timed)
+    setattr(mod, kernel_name, timed)
     args = mod.get_args()
-    for _ in range(100):
-        mod.call(list(args))
-    total, inside = [], []
-    for _ in range(rounds):
+
+    def step() -> None:
         spent[0] = 0.0
-        t = time.perf_counter()
         for _ in range(calls):
             mod.call(list(args))
-        total.append((time.perf_counter() - t) / calls * 1e6)
         inside.append(spent[0] / calls * 1e6)
-    return {"call_us": statistics.median(total), "kernel_us": statistics.median(inside)}
+
+    return Variant(name, step, step), inside
+
+
+def _time_graphs(paths: dict[str, Path], calls: int, rounds: int) -> dict[str, dict]:
+    """Per graph, the median over interleaved rounds of µs per ``call`` and per kernel call
+    within it."""
+    built = {name: _graph_variant(name, path, calls) for name, path in paths.items()}
+    times = _time_rounds([v for v, _ in built.values()], rounds, 1, "graphs")
+    return {name: {"call_us": statistics.median(times[name]) / calls * 1e6,
+                   "kernel_us": statistics.median(inside[-rounds:])}
+            for name, (_, inside) in built.items()}  # fmt: skip
 
 
 def main() -> None:
@@ -88,13 +98,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=15, help="timed rounds (median)")
     p.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = p.parse_args()
-    rows = {}
+    paths = {}
     with tempfile.TemporaryDirectory() as tmp:
         for spec in ("gn", "gn+pn"):
             where = Path(tmp, spec)
             where.mkdir()
             for graph, path in _output_code(spec, args.layers, args.shape, where).items():
-                rows[f"{spec} {graph}"] = _time_graph(path, args.calls, args.rounds)
+                paths[f"{spec} {graph}"] = path
+        rows = _time_graphs(paths, args.calls, args.rounds)
     print(
         f"{args.layers} layers on ({args.shape}), {torch.get_num_threads()} threads, torch "
         f"{torch.__version__}; µs per graph call, median of {args.rounds} rounds\n"
@@ -113,9 +124,7 @@ def main() -> None:
             f"| {dk:.1f}, {(pw - gw) / args.layers:.1f} |"
         )
     if args.json:
-        meta = vars(args) | {"json": str(args.json), "threads": torch.get_num_threads(),
-                             "torch": torch.__version__}  # fmt: skip
-        args.json.write_text(json.dumps({"settings": meta, "rows": rows}, indent=1) + "\n")
+        write_script_json(args.json, vars(args), rows)
 
 
 if __name__ == "__main__":

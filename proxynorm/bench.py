@@ -93,6 +93,14 @@ def _time_rounds(
     return times
 
 
+def write_script_json(path: Path, settings: dict[str, Any], rows: dict[str, Any]) -> None:
+    """A benchmark script's raw numbers at ``path``: ``{"settings": ..., "rows": rows}``, the
+    settings (paths as strings) with the thread count and torch version added."""
+    meta = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}
+    meta |= {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    path.write_text(json.dumps({"settings": meta, "rows": rows}, indent=1) + "\n")
+
+
 def _peak_mib(v: Variant, device: torch.device) -> float | None:
     """Peak memory of one training step on a CUDA device (``max_memory_allocated``)."""
     if device.type != "cuda":
