@@ -126,7 +126,7 @@ def test_compiled_cost_script_times_every_variant_against_gn_relu(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert list(rows) == ["GN+ReLU", "GN+PN", "GN+PN C×n one-pass", "GN+PN quantiles per layer",
                           "GN+PN two-pass moments", "GN+PN before", "GN+PN n=16",
-                          "GN+PN no proxy affine"]  # fmt: skip
+                          "GN+PN no proxy affine", "GN+PN γ~β~ packed"]  # fmt: skip
     assert rows["GN+ReLU"]["x_gn_relu"] == 1.0 and rows["GN+ReLU"]["over_gn_per_layer_us"] == 0
     assert "| GN+PN before |" in text
     bad = subprocess.run([*cmd, "--variants", "GN+PN,nope"], capture_output=True, text=True)

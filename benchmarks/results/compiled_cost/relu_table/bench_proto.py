@@ -31,5 +31,5 @@ def _closed_form(act):
 
 fpn._relu_sums = _relu_sums
 fpn._closed_form = clc._closed_form = _closed_form
-clc.VARIANTS["GN+PN proto"] = ("gn+pn", {}, False, "proto")
+clc.VARIANTS["GN+PN proto"] = ("gn+pn", {}, clc._as_built, "proto")
 clc.main()
