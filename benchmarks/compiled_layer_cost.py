@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from proxynorm.bench import (  # noqa: E402
     Variant,
     _time_rounds,
+    fresh_compile_caches,
     model_batch,
     model_classes,
     model_setting,
@@ -178,13 +179,7 @@ def main() -> None:
             model_setting(args.model)
         except ValueError as e:
             p.error(str(e))
-    torch._dynamo.reset()
-    # Every variant compiles the same forward code once more; past dynamo's recompile limit (8)
-    # a variant would quietly run eager (9 variants did), so the limit grows and a hit fails.
-    cfg = torch._dynamo.config
-    cfg.cache_size_limit = max(cfg.cache_size_limit, 2 * len(names))
-    if hasattr(cfg, "fail_on_cache_limit_hit"):  # torch >= 2.5
-        cfg.fail_on_cache_limit_hit = True
+    fresh_compile_caches(len(names))  # (9 variants had run the last one eager)
     variants = [_variant(n, args) for n in names]
     times = _time_rounds(variants, args.rounds, 10, args.model)
     base = times["GN+ReLU"]

@@ -44,3 +44,14 @@ python benchmarks/compiled_split.py --json "$C/split/resnet20-stage1-b1.json" \
   > "$C/split/resnet20-stage1-b1.md"
 python benchmarks/compiled_split.py --shape 2,128,8,8 --json "$C/split/c128-b2.json" \
   > "$C/split/c128-b2.md"
+# 9. A training step with the optimizer: SGD for-loop, foreach and fused (what build_optimizer
+#    uses where torch has it), GN+ReLU and GN+PN (docs/PERFORMANCE.md).
+S="$OUT/optimizer_step"; mkdir -p "$S"
+python benchmarks/optimizer_step.py --model resnet20-b1 --compile --rounds 300 \
+  --json "$S/resnet20-b1-compiled.json" > "$S/resnet20-b1-compiled.md"
+python benchmarks/optimizer_step.py --model resnet50r-b2 --compile --rounds 60 \
+  --json "$S/resnet50r-b2-compiled.json" > "$S/resnet50r-b2-compiled.md"
+python benchmarks/optimizer_step.py --model resnet20-b1 --rounds 100 \
+  --json "$S/resnet20-b1-eager.json" > "$S/resnet20-b1-eager.md"
+python benchmarks/optimizer_step.py --model resnet20 --rounds 30 \
+  --json "$S/resnet20-b128-eager.json" > "$S/resnet20-b128-eager.md"

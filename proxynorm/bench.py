@@ -101,6 +101,20 @@ def write_script_json(path: Path, settings: dict[str, Any], rows: dict[str, Any]
     path.write_text(json.dumps({"settings": meta, "rows": rows}, indent=1) + "\n")
 
 
+def fresh_compile_caches(variants: int) -> None:
+    """Empty dynamo's caches before compiling ``variants`` models whose forward code is the same.
+
+    Each compiles that code once more, and past dynamo's recompile limit (8 by default) a
+    variant would quietly run eager; the limit is raised to fit them all, and (torch >= 2.5)
+    hitting it anyway fails instead.
+    """
+    torch._dynamo.reset()
+    cfg = torch._dynamo.config
+    cfg.cache_size_limit = max(cfg.cache_size_limit, 2 * variants)
+    if hasattr(cfg, "fail_on_cache_limit_hit"):
+        cfg.fail_on_cache_limit_hit = True
+
+
 def _peak_mib(v: Variant, device: torch.device) -> float | None:
     """Peak memory of one training step on a CUDA device (``max_memory_allocated``)."""
     if device.type != "cuda":

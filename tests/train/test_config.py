@@ -96,3 +96,52 @@ def test_global_batch_splits_over_processes_and_sets_the_lr():
     assert (recipe.batch_size, recipe.global_batch, recipe.effective_lr) == (32, 256, 0.1)
     with pytest.raises(ValueError, match="global_batch=64 must be a positive multiple of the 3"):
         c.for_world(3)
+
+
+def _sgd_steps(model, opt, steps=3):
+    x, y = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)), torch.arange(4)
+    for _ in range(steps):
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_sgd_is_fused_where_torch_has_it_and_updates_as_the_default_one():
+    """build_optimizer's SGD: fused where this torch offers it on CPU (>= 2.4), and parameters
+    after three Nesterov steps with weight decay equal to the default implementation's."""
+    cfg = build_config("cifar", nesterov=True, weight_decay=5e-4)
+    torch.manual_seed(0)
+    model = create_model("resnet20", norm="gn+pn", num_classes=4, groups=4, width_mult=0.25)
+    twin = create_model("resnet20", norm="gn+pn", num_classes=4, groups=4, width_mult=0.25)
+    twin.load_state_dict(model.state_dict())
+    opt = build_optimizer(model, cfg)
+    try:
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, fused=True)
+        fused_here = True
+    except (TypeError, RuntimeError):
+        fused_here = False
+    assert bool(opt.defaults.get("fused")) == fused_here
+    plain = torch.optim.SGD(weight_decay_groups(twin, 5e-4, "all"), lr=cfg.effective_lr,
+                            momentum=cfg.momentum, nesterov=True, foreach=False)  # fmt: skip
+    for a, b in zip(_sgd_steps(model, opt), _sgd_steps(twin, plain), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_sgd_falls_back_to_the_default_one_where_fused_is_refused(monkeypatch):
+    """A torch without fused SGD (TypeError, torch < 2.3) or without it for the parameters'
+    device (RuntimeError): the default SGD, with the recipe's settings."""
+    for error in (TypeError, RuntimeError):
+
+        class NoFused(torch.optim.SGD):
+            refusal = error
+
+            def __init__(self, params, fused=None, **kw):
+                if fused:
+                    raise self.refusal("no fused SGD here")
+                super().__init__(params, **kw)
+
+        monkeypatch.setattr(torch.optim, "SGD", NoFused)
+        opt = build_optimizer(torch.nn.Linear(3, 2), build_config("cifar", nesterov=True))
+        assert isinstance(opt, NoFused) and not opt.defaults.get("fused")
+        assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
