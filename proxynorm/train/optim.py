@@ -43,10 +43,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     """The recipe's optimizer over :func:`weight_decay_groups`.
 
     SGD is PyTorch's fused implementation where the installed torch has it for the parameters'
-    device (CUDA since 2.3, CPU since 2.4), otherwise the default one. On a CPU at batch 1 the
-    per-parameter Python loop of the default implementation costs a compiled resnet20 step
-    ~6-8 % (more for GN+PN, which has two more parameters per layer: docs/PERFORMANCE.md,
-    ``benchmarks/optimizer_step.py``); the updates are the same (tested to the bit on CPU).
+    device (on CPU since torch 2.4), otherwise the default one. On a CPU at batch 1-2 the
+    per-parameter Python loop of the default implementation costs a compiled training step
+    6-9 % (docs/PERFORMANCE.md, ``benchmarks/optimizer_step.py``; GN+PN has two more parameter
+    tensors per layer than GN+ReLU). The updates are the same to float32 rounding (tested).
     """
     groups = weight_decay_groups(model, cfg.weight_decay, cfg.weight_decay_on)
     if cfg.optimizer == "sgd":

@@ -129,8 +129,8 @@ def test_sgd_is_fused_where_torch_has_it_and_updates_as_the_default_one():
 
 
 def test_sgd_falls_back_to_the_default_one_where_fused_is_refused(monkeypatch):
-    """A torch without fused SGD (TypeError, torch < 2.3) or without it for the parameters'
-    device (RuntimeError): the default SGD, with the recipe's settings."""
+    """A torch whose SGD has no ``fused`` argument (TypeError) or no fused kernel for the
+    parameters' device (RuntimeError): the default SGD, with the recipe's settings."""
     for error in (TypeError, RuntimeError):
 
         class NoFused(torch.optim.SGD):
