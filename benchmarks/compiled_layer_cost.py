@@ -45,14 +45,13 @@ from proxynorm.bench import (  # noqa: E402
     Variant,
     _time_rounds,
     fresh_compile_caches,
-    model_batch,
-    model_classes,
+    median_ratio,
     model_setting,
+    named_model,
     write_script_json,
 )
 from proxynorm.layers import ProxyNormAct, norm_act, proxy_quantiles  # noqa: E402
 from proxynorm.layers import fused_proxy_norm as fpn  # noqa: E402
-from proxynorm.models import create_model  # noqa: E402
 
 #: The proxy statistics a variant compiles ("closed", "one-pass", "two-pass"): read while
 #: dynamo traces, so each variant's graph has its own.
@@ -125,12 +124,9 @@ def _build(spec: str, kw: dict, args) -> tuple[nn.Module, tuple]:
         model = nn.Sequential(*[norm_act(spec, args.channels, groups=8, **kw)
                                 for _ in range(args.layers)])  # fmt: skip
         return model, (torch.randn(1, args.channels, 2, 2, requires_grad=True), None)
-    s = model_setting(args.model)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = create_model(s["model"], norm=spec, num_classes=model_classes(s["size"]), groups=8,
-                         width_mult=s["width_mult"], **kw)  # fmt: skip
-    x, y, _ = model_batch(s["batch"], s["size"], fmt)
-    return model.to(memory_format=fmt), (x, y)
+    model, x, y = named_model(args.model, spec, fmt, **kw)
+    return model, (x, y)
 
 
 def _variant(name: str, args) -> Variant:
@@ -186,8 +182,7 @@ def main() -> None:
     rows = {}
     for v in variants:
         t = statistics.median(times[v.name])
-        ratio = statistics.median(a / b for a, b in zip(times[v.name], base, strict=True))
-        rows[v.name] = {"ms": t * 1e3, "x_gn_relu": ratio}
+        rows[v.name] = {"ms": t * 1e3, "x_gn_relu": median_ratio(times[v.name], base)}
         if args.model == "stack":
             rows[v.name]["over_gn_per_layer_us"] = (t - statistics.median(base)) * 1e6 / args.layers
     what = (f"{args.layers} layers of C = {args.channels} on (1, {args.channels}, 2, 2)"

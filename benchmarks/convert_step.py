@@ -25,7 +25,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from proxynorm import convert  # noqa: E402
-from proxynorm.bench import saved_bytes  # noqa: E402
+from proxynorm.bench import median_ratio, saved_bytes  # noqa: E402
 from proxynorm.environment import environment  # noqa: E402
 
 
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
                 t0 = time.perf_counter()
                 s()
                 times[k].append(time.perf_counter() - t0)
-        ratio = statistics.median(a / b for a, b in zip(times["gn+pn"], times["bn"], strict=True))
+        ratio = median_ratio(times["gn+pn"], times["bn"])
         pns = [m for m in converted.modules() if type(m).__name__ == "ProxyNormAct"]
         row = {
             "model": name,

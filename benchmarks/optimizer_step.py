@@ -32,33 +32,21 @@ from proxynorm.bench import (  # noqa: E402
     Variant,
     _time_rounds,
     fresh_compile_caches,
-    model_batch,
-    model_classes,
+    median_ratio,
     model_setting,
+    named_model,
     write_script_json,
 )
-from proxynorm.models import create_model  # noqa: E402
-from proxynorm.train.optim import weight_decay_groups  # noqa: E402
+from proxynorm.train.optim import fused_sgd_available, weight_decay_groups  # noqa: E402
 
 NORMS = {"GN+ReLU": "gn", "GN+PN": "gn+pn"}
 IMPLS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
 
-def fused_sgd_available() -> bool:
-    """Whether this torch has fused SGD for CPU parameters."""
-    try:
-        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, fused=True)
-        return True
-    except (TypeError, RuntimeError):
-        return False
-
-
 def _variant(norm: str, impl: str, args) -> Variant:
-    s = model_setting(args.model)
     torch.manual_seed(0)
-    model = create_model(s["model"], norm=NORMS[norm], num_classes=model_classes(s["size"]),
-                         groups=8, width_mult=s["width_mult"]).train()  # fmt: skip
-    x, y, _ = model_batch(s["batch"], s["size"])
+    model, x, y = named_model(args.model, NORMS[norm])
+    model.train()
     opt = torch.optim.SGD(weight_decay_groups(model, 1e-4, "all"), lr=0.1, momentum=0.9,
                           **IMPLS[impl])  # fmt: skip
     run = torch.compile(model, backend=args.backend) if args.compile else model
@@ -72,11 +60,6 @@ def _variant(norm: str, impl: str, args) -> Variant:
         opt.zero_grad(set_to_none=True)
 
     return Variant(f"{norm}, {impl}", step, loss)
-
-
-def _median_ratio(times: list[float], base: list[float]) -> float:
-    """Median over rounds of the time over the baseline's in the same round."""
-    return statistics.median(a / b for a, b in zip(times, base, strict=True))
 
 
 def main() -> None:
@@ -103,8 +86,8 @@ def main() -> None:
         same_impl = times[f"GN+ReLU, {impl}"]
         rows[v.name] = {
             "ms": statistics.median(times[v.name]) * 1e3,
-            "x_gn_for_loop": _median_ratio(times[v.name], base),
-            "x_gn_same_sgd": _median_ratio(times[v.name], same_impl),
+            "x_gn_for_loop": median_ratio(times[v.name], base),
+            "x_gn_same_sgd": median_ratio(times[v.name], same_impl),
         }
     mode = f"compiled ({args.backend})" if args.compile else "eager"
     missing = "" if "fused" in impls else "; no fused SGD on CPU in this torch"

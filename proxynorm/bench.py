@@ -93,6 +93,12 @@ def _time_rounds(
     return times
 
 
+def median_ratio(times: list[float], base: list[float]) -> float:
+    """The median over rounds of a variant's time over the baseline's in the same round (robust
+    to the machine slowing down or speeding up between rounds)."""
+    return statistics.median(t / b for t, b in zip(times, base, strict=True))
+
+
 def write_script_json(path: Path, settings: dict[str, Any], rows: dict[str, Any]) -> None:
     """A benchmark script's raw numbers at ``path``: ``{"settings": ..., "rows": rows}``, the
     settings (paths as strings) with the thread count and torch version added."""
@@ -106,7 +112,7 @@ def fresh_compile_caches(variants: int) -> None:
 
     Each compiles that code once more, and past dynamo's recompile limit (8 by default) a
     variant would quietly run eager; the limit is raised to fit them all, and (torch >= 2.5)
-    hitting it anyway fails instead.
+    hitting it anyway fails instead. Both are dynamo's process-wide settings.
     """
     torch._dynamo.reset()
     cfg = torch._dynamo.config
@@ -129,17 +135,14 @@ def _peak_mib(v: Variant, device: torch.device) -> float | None:
 def _summarize(
     variants: list[Variant], times: dict, baseline: str, device=_CPU, also=None
 ) -> dict[str, dict]:
-    """Median time per variant, and the median over rounds of its time / the baseline's time in
-    the same round (robust to the machine slowing down or speeding up between rounds); with
-    ``also`` a second baseline's ratio too."""
+    """Median time per variant, and its :func:`median_ratio` to the baseline; with ``also`` a
+    second baseline's ratio too."""
     rows = {}
     for v in variants:
         row = {"ms": statistics.median(times[v.name]) * 1e3}
         for key, base in (("ratio", baseline), ("ratio_2", also)):
             if base is not None:
-                row[key] = statistics.median(
-                    t / b for t, b in zip(times[v.name], times[base], strict=True)
-                )
+                row[key] = median_ratio(times[v.name], times[base])
         row["saved_mib"] = saved_bytes(v.forward) / 2**20
         peak = _peak_mib(v, device)
         if peak is not None:
@@ -280,8 +283,8 @@ def bench_models(
     :mod:`proxynorm.layers.cpp_kernel`). Ratios against BN
     (``ratio``) and GN (``ratio_2``); on CUDA also the peak memory of a step."""
     torch.manual_seed(0)
-    if compiled:  # fresh compile caches: past tables' recompiles would hit dynamo's limit and
-        torch._dynamo.reset()  # silently fall back to eager
+    if compiled:  # past tables' recompiles would hit dynamo's limit
+        fresh_compile_caches(len(MODEL_VARIANTS))
     device = torch.device(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x, y, num_classes = model_batch(batch, size, fmt, device)
@@ -328,6 +331,19 @@ def model_setting(name: str) -> dict[str, Any]:
     if batch:
         s["batch"] = int(batch)
     return s
+
+
+def named_model(
+    name: str, norm: str, fmt=torch.contiguous_format, **kw
+) -> tuple[nn.Module, Tensor, Tensor]:
+    """``(model, images, labels)``: the benchmark model ``name`` (:func:`model_setting`) with
+    ``norm`` (groups=8; ``kw`` to :func:`~proxynorm.models.create_model`) in memory format
+    ``fmt``, and a random training batch for it (drawn after the model's parameters)."""
+    s = model_setting(name)
+    model = create_model(s["model"], norm=norm, num_classes=model_classes(s["size"]), groups=8,
+                         width_mult=s["width_mult"], **kw)  # fmt: skip
+    x, y, _ = model_batch(s["batch"], s["size"], fmt)
+    return model.to(memory_format=fmt), x, y
 
 
 def run_benchmarks(

@@ -136,21 +136,19 @@ def test_compiled_cost_script_times_every_variant_against_gn_relu(tmp_path):
 def test_optimizer_step_script_times_each_norm_with_each_sgd(tmp_path):
     """benchmarks/optimizer_step.py, eager resnet20 at batch 1, two rounds: a row per norm and SGD
     implementation (fused where this torch has it on CPU), ratios against GN+ReLU's."""
-    import importlib.util
     import subprocess
     import sys
     from pathlib import Path
 
+    from proxynorm.train.optim import fused_sgd_available
+
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "optimizer_step.py"
-    spec = importlib.util.spec_from_file_location("optimizer_step", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out = tmp_path / "step.json"
     cmd = [sys.executable, str(script), "--model", "resnet20-b1", "--rounds", "2", "--json",
            str(out)]  # fmt: skip
     text = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600).stdout
     rows = json.loads(out.read_text())["rows"]
-    impls = ["for-loop", "foreach"] + ["fused"] * module.fused_sgd_available()
+    impls = ["for-loop", "foreach"] + ["fused"] * fused_sgd_available()
     assert list(rows) == [f"{n}, {i}" for n in ("GN+ReLU", "GN+PN") for i in impls]
     assert rows["GN+ReLU, for-loop"]["x_gn_for_loop"] == 1.0
     assert all(rows[f"GN+ReLU, {i}"]["x_gn_same_sgd"] == 1.0 for i in impls)

@@ -39,6 +39,15 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, on: str) -> list[
     ]
 
 
+def fused_sgd_available() -> bool:
+    """Whether this torch has fused SGD for CPU parameters (torch >= 2.4)."""
+    try:
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, fused=True)
+        return True
+    except (TypeError, RuntimeError):
+        return False
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """The recipe's optimizer over :func:`weight_decay_groups`.
 
