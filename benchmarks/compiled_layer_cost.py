@@ -4,6 +4,8 @@ against GN+ReLU in the same process, median of interleaved rounds.
     OMP_NUM_THREADS=2 python benchmarks/compiled_layer_cost.py                  # 19-layer stack
     OMP_NUM_THREADS=2 python benchmarks/compiled_layer_cost.py --channels 128
     OMP_NUM_THREADS=2 python benchmarks/compiled_layer_cost.py --model resnet20-b1 --json out.json
+    OMP_NUM_THREADS=2 python benchmarks/compiled_layer_cost.py --model resnet20-b1 \
+        --inductor size_asserts=False                # any inductor option, every variant
 
 The default model is a stack of norm-act layers on a tiny input (batch 1, 2 x 2), where almost
 nothing depends on the batch; ``--model`` takes a ``proxynorm bench`` model (``resnet20-b1``,
@@ -31,6 +33,7 @@ same code came out 3-4 % slower (× GN+ReLU, resnet20-b1) timed second than time
 """
 
 import argparse
+import ast
 import statistics
 import sys
 from pathlib import Path
@@ -134,7 +137,7 @@ def _variant(name: str, args) -> Variant:
     torch.manual_seed(0)
     model, (x, y) = _build(spec, kw, args)
     model = change(model.train())
-    run = torch.compile(model, backend=args.backend)
+    run = torch.compile(model, backend=args.backend, options=args.options or None)
 
     def loss() -> torch.Tensor:
         _PATH["now"] = path
@@ -159,8 +162,20 @@ def main() -> None:
     p.add_argument("--variants", help="comma-separated subset (GN+ReLU, the baseline, always "
                    "included); default all")
     p.add_argument("--backend", default="inductor", help="torch.compile backend (tests: aot_eager)")
+    p.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
+                   help="an inductor option for every variant, e.g. size_asserts=False "
+                   "(repeatable; torch.compile(options=...))")
     p.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = p.parse_args()
+    args.options = {}
+    for item in args.inductor:
+        key, sep, value = item.partition("=")
+        try:
+            args.options[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            sep = ""
+        if not sep:
+            p.error(f"--inductor takes KEY=VALUE with a Python literal VALUE, got {item!r}")
     names = list(VARIANTS)
     if args.variants:
         chosen = [n.strip() for n in args.variants.split(",")]

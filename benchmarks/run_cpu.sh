@@ -55,3 +55,15 @@ python benchmarks/optimizer_step.py --model resnet20-b1 --rounds 100 \
   --json "$S/resnet20-b1-eager.json" > "$S/resnet20-b1-eager.md"
 python benchmarks/optimizer_step.py --model resnet20 --rounds 30 \
   --json "$S/resnet20-b128-eager.json" > "$S/resnet20-b128-eager.md"
+# 10. What GN+PN adds to the compiled graphs' wrappers per norm-act layer (buffers, size checks,
+#     kernel arguments, saved tensors), counted in inductor's output code; and the step with
+#     inductor's size checks off (docs/PERFORMANCE.md).
+mkdir -p "$C/census" "$C/inductor_options"
+for M in resnet20-b1 resnet50r-b2; do
+  python benchmarks/compiled_census.py --model "$M" --json "$C/census/$M.json" > "$C/census/$M.md"
+done
+python benchmarks/compiled_layer_cost.py --model resnet20-b1 --variants GN+PN --rounds 300 \
+  --json "$C/inductor_options/resnet20-b1-default.json" > "$C/inductor_options/resnet20-b1-default.md"
+python benchmarks/compiled_layer_cost.py --model resnet20-b1 --variants GN+PN --rounds 300 \
+  --inductor size_asserts=False --json "$C/inductor_options/resnet20-b1-size_asserts_false.json" \
+  > "$C/inductor_options/resnet20-b1-size_asserts_false.md"

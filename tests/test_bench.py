@@ -184,3 +184,40 @@ def test_compiled_split_times_the_kernel_inside_each_graph_call(tmp_path):
     row = split._time_graphs({"graph": code}, calls=3, rounds=3)["graph"]
     assert row["kernel_us"] >= 200 and row["call_us"] >= 500, row
     assert row["call_us"] - row["kernel_us"] >= 300, row  # the wrapper's own 300 µs
+
+
+def test_compiled_census_counts_the_wrapper_work_of_an_output_code_module():
+    """benchmarks/compiled_census.py's counts, on an output-code module written here in inductor's
+    shape: a kernel called twice (its OpenMP constructs counted per call), buffers, views, size
+    checks, dels, and a returned tuple whose items hold commas of their own."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "compiled_census.py"
+    spec = importlib.util.spec_from_file_location("compiled_census", script)
+    census = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(census)
+    code = (
+        "cpp_fused_a_0 = async_compile.cpp_pybinding(['const float*', 'float*'], r'''\n"
+        "    #pragma omp parallel\n    #pragma omp for\n"
+        "    #pragma omp single\n    #pragma omp for\n"
+        "''')\n"
+        "class Runner:\n"
+        "    def call(self, args):\n"
+        "        primals_1, primals_2 = args\n"
+        "        assert_size_stride(primals_1, (8, ), (1, ), 'input')\n"
+        "        assert_size_stride(primals_2, (8, ), (1, ), 'input')\n"
+        "        buf0 = empty_strided_cpu((8, ), (1, ), torch.float32)\n"
+        "        buf1 = empty_strided_cpu((2, 4), (4, 1), torch.float32)\n"
+        "        cpp_fused_a_0(primals_1, buf0)\n"
+        "        buf2 = reinterpret_tensor(buf1, (8, ), (1, ), 0); del buf1  # reuse\n"
+        "        cpp_fused_a_0(primals_2, buf2)\n"
+        "        del primals_1\n"
+        "        return (buf0, reinterpret_tensor(buf2, (2, 4), (4, 1), 0), primals_2, )\n"
+    )
+    counts = census.census(code)
+    assert counts == {"kernel calls": 2, "kernel args": 4, "buffers": 2, "views": 2,
+                      "size checks": 2, "dels": 2, "returned": 3, "barriers": 6}  # fmt: skip
+    assert list(counts) == census.ROWS
+    items = census._top_level_items
+    assert (items(""), items("a"), items("a, "), items("a, f(b, (c, d)), [e, f]")) == (0, 1, 1, 3)
