@@ -31,7 +31,7 @@ from torch._inductor.utils import run_and_get_code
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxynorm.bench import model_setting, named_model, write_script_json  # noqa: E402
+from proxynorm.bench import bench_model_arg, named_model, write_script_json  # noqa: E402
 from proxynorm.layers import NormAct  # noqa: E402
 
 #: row: regular expression counted in the wrapper's ``call`` body
@@ -94,15 +94,12 @@ def step_census(name: str, norm: str, fmt) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="resnet20-b1", help="a bench model, e.g. resnet50r-b2")
+    p.add_argument("--model", default="resnet20-b1", type=bench_model_arg,
+                   help="a bench model, e.g. resnet50r-b2")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     p.add_argument("--norms", default="gn,gn+pn", help="comma-separated; the first is the base")
     p.add_argument("--json", type=Path, help="also write the counts here")
     args = p.parse_args()
-    try:
-        model_setting(args.model)
-    except ValueError as e:
-        p.error(str(e))
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     norms = [n.strip() for n in args.norms.split(",")]
     rows = {n: step_census(args.model, n, fmt) for n in norms}

@@ -47,9 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from proxynorm.bench import (  # noqa: E402
     Variant,
     _time_rounds,
+    bench_model_arg,
     fresh_compile_caches,
     median_ratio,
-    model_setting,
     named_model,
     write_script_json,
 )
@@ -137,7 +137,7 @@ def _variant(name: str, args) -> Variant:
     torch.manual_seed(0)
     model, (x, y) = _build(spec, kw, args)
     model = change(model.train())
-    run = torch.compile(model, backend=args.backend, options=args.options or None)
+    run = torch.compile(model, backend=args.backend, options=dict(args.inductor) or None)
 
     def loss() -> torch.Tensor:
         _PATH["now"] = path
@@ -152,9 +152,25 @@ def _variant(name: str, args) -> Variant:
     return Variant(name, step, loss)
 
 
+def _model_arg(name: str) -> str:
+    return name if name == "stack" else bench_model_arg(name)
+
+
+def _inductor_option(item: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with a Python literal VALUE, as ``(KEY, VALUE)``."""
+    key, sep, value = item.partition("=")
+    try:
+        if sep:
+            return key.strip(), ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        pass
+    raise argparse.ArgumentTypeError(f"takes KEY=VALUE with a Python literal VALUE, got {item!r}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="stack", help="'stack' or a bench model, e.g. resnet20-b1")
+    p.add_argument("--model", default="stack", type=_model_arg,
+                   help="'stack' or a bench model, e.g. resnet20-b1")
     p.add_argument("--layers", type=int, default=19, help="stack: norm-act layers (resnet20: 19)")
     p.add_argument("--channels", type=int, default=16, help="stack: channels C per layer (>= 8)")
     p.add_argument("--channels-last", action="store_true", help="model: channels_last format")
@@ -162,20 +178,12 @@ def main() -> None:
     p.add_argument("--variants", help="comma-separated subset (GN+ReLU, the baseline, always "
                    "included); default all")
     p.add_argument("--backend", default="inductor", help="torch.compile backend (tests: aot_eager)")
-    p.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--inductor", action="append", default=[], type=_inductor_option,
+                   metavar="KEY=VALUE",
                    help="an inductor option for every variant, e.g. size_asserts=False "
                    "(repeatable; torch.compile(options=...))")
     p.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = p.parse_args()
-    args.options = {}
-    for item in args.inductor:
-        key, sep, value = item.partition("=")
-        try:
-            args.options[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            sep = ""
-        if not sep:
-            p.error(f"--inductor takes KEY=VALUE with a Python literal VALUE, got {item!r}")
     names = list(VARIANTS)
     if args.variants:
         chosen = [n.strip() for n in args.variants.split(",")]
@@ -185,11 +193,6 @@ def main() -> None:
             p.error(f"unknown variants {unknown}; valid: {', '.join(VARIANTS)}")
     if args.channels < 8:
         p.error("--channels must be >= 8 (GroupNorm with 8 groups)")
-    if args.model != "stack":
-        try:
-            model_setting(args.model)
-        except ValueError as e:
-            p.error(str(e))
     fresh_compile_caches(len(names))  # (9 variants had run the last one eager)
     variants = [_variant(n, args) for n in names]
     times = _time_rounds(variants, args.rounds, 10, args.model)

@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from proxynorm.bench import (  # noqa: E402
     Variant,
     _time_rounds,
+    bench_model_arg,
     fresh_compile_caches,
     median_ratio,
-    model_setting,
     named_model,
     write_script_json,
 )
@@ -64,16 +64,13 @@ def _variant(norm: str, impl: str, args) -> Variant:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="resnet20-b1", help="a proxynorm bench model")
+    p.add_argument("--model", default="resnet20-b1", type=bench_model_arg,
+                   help="a proxynorm bench model")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--backend", default="inductor", help="torch.compile backend (tests: aot_eager)")
     p.add_argument("--rounds", type=int, default=300, help="timed interleaved rounds")
     p.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = p.parse_args()
-    try:
-        model_setting(args.model)
-    except ValueError as e:
-        p.error(str(e))
     impls = [i for i in IMPLS if i != "fused" or fused_sgd_available()]
     if args.compile:
         fresh_compile_caches(len(NORMS) * len(impls))

@@ -9,6 +9,7 @@ by two nodes, like a ReLU output that the next convolution also saves, counts on
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import statistics
@@ -331,6 +332,16 @@ def model_setting(name: str) -> dict[str, Any]:
     if batch:
         s["batch"] = int(batch)
     return s
+
+
+def bench_model_arg(name: str) -> str:
+    """``name`` if it is a benchmark model (:func:`model_setting`): an argparse ``type``, so that
+    the scripts in ``benchmarks/`` reject a bad ``--model`` with the valid names, exit status 2."""
+    try:
+        model_setting(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name
 
 
 def named_model(

@@ -131,6 +131,8 @@ def test_compiled_cost_script_times_every_variant_against_gn_relu(tmp_path):
     assert "| GN+PN before |" in text
     bad = subprocess.run([*cmd, "--variants", "GN+PN,nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown variants ['nope']" in bad.stderr
+    bad = subprocess.run([*cmd, "--inductor", "size_asserts"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "takes KEY=VALUE" in bad.stderr
 
 
 def test_optimizer_step_script_times_each_norm_with_each_sgd(tmp_path):
