@@ -44,6 +44,7 @@ from proxynorm.train.optim import ModelEMA, build_optimizer, lr_at
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 FINAL = "final.json"
+HISTORY = "history.jsonl"  # one record per start or resume: the commit and path it ran on
 # Options that may differ when resuming: they do not change the computation's result on CPU
 # (the per-process batch follows from the global batch and the number of processes).
 RESUMABLE_DIFFERENCES = {"device", "workers", "download", "dist_timeout", "batch_size", "compile"}
@@ -259,6 +260,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
     """Train ``cfg`` into directory ``out``; returns the final summary (also ``final.json``).
 
     ``out`` receives ``config.json``, ``metrics.jsonl`` (one record per epoch),
+    ``history.jsonl`` (the commit and compute path of the start and of every resume),
     ``checkpoint.pt`` (after every epoch, written atomically) and ``final.json`` when done.
     Launched by ``torchrun``, every process calls this; rank 0 reads and writes ``out`` and
     broadcasts what it read (a checkpoint to resume need not be on every machine).
@@ -333,6 +335,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
         (out / FINAL).unlink(missing_ok=True)  # a run being extended is no longer finished
         if ckpt is None:
             metrics_path.unlink(missing_ok=True)
+            (out / HISTORY).unlink(missing_ok=True)
+        append_jsonl(out / HISTORY, _history_record(start_epoch, ckpt is not None, cfg))
     if d.rank > 0 and not rng_restored:
         # Rank 0 keeps the single-process random stream; other ranks draw their own dropout.
         torch.manual_seed(cfg.seed + 1_000_003 * d.rank + start_epoch)
@@ -442,6 +446,24 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
     return distributed.broadcast(_finish(cfg, out, elapsed, d) if d.main else None)
 
 
+def _history_record(start_epoch: int, resumed: bool, cfg: TrainConfig) -> dict[str, Any]:
+    """What this process continues the run with: the commit (``+dirty`` when tracked files
+    differ from it), the epoch it starts after, and the compute path (threads, C++ kernel,
+    compile), so that a run that spans commits says which epochs ran on which code."""
+    env = environment()
+    return {
+        "event": "resume" if resumed else "start",
+        "after_epoch": start_epoch,
+        "commit": env["commit"],
+        "proxynorm": env["proxynorm"],
+        "torch": env["torch"],
+        "threads": env["threads"],
+        "pn_cpp_kernel": env["pn_cpp_kernel"],
+        "compile": cfg.compile,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def _finish(cfg: TrainConfig, out: Path, elapsed: float, d: Dist) -> dict[str, Any]:
     """Write ``final.json`` from the last metrics record (rank 0)."""
     records = read_jsonl(out / METRICS)
@@ -458,6 +480,7 @@ def _finish(cfg: TrainConfig, out: Path, elapsed: float, d: Dist) -> dict[str, A
         "wall_seconds": elapsed,
         "world_size": d.world_size,
         "environment": environment(),
+        "history": read_jsonl(out / HISTORY),
         "config": cfg.to_dict(),
     }
     (out / FINAL).write_text(json.dumps(final, indent=1))
