@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from proxynorm.bench import (  # noqa: E402
     Variant,
-    _time_rounds,
+    time_rounds,
     bench_model_arg,
     fresh_compile_caches,
     median_ratio,
@@ -195,7 +195,7 @@ def main() -> None:
         p.error("--channels must be >= 8 (GroupNorm with 8 groups)")
     fresh_compile_caches(len(names))  # (9 variants had run the last one eager)
     variants = [_variant(n, args) for n in names]
-    times = _time_rounds(variants, args.rounds, 10, args.model)
+    times = time_rounds(variants, args.rounds, 10, args.model)
     base = times["GN+ReLU"]
     rows = {}
     for v in variants:

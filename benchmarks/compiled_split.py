@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from proxynorm.bench import Variant, _time_rounds, write_script_json
+from proxynorm.bench import Variant, time_rounds, write_script_json
 
 _CHILD = """
 import sys, torch
@@ -80,7 +80,7 @@ def _time_graphs(paths: dict[str, Path], calls: int, rounds: int) -> dict[str, d
     """Per graph, the median over interleaved rounds of µs per ``call`` and per kernel call
     within it."""
     built = {name: _graph_variant(name, path, calls) for name, path in paths.items()}
-    times = _time_rounds([v for v, _ in built.values()], rounds, 1, "graphs")
+    times = time_rounds([v for v, _ in built.values()], rounds, 1, "graphs")
     return {name: {"call_us": statistics.median(times[name]) / calls * 1e6,
                    "kernel_us": statistics.median(inside[-rounds:])}
             for name, (_, inside) in built.items()}  # fmt: skip

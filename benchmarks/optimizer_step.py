@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from proxynorm.bench import (  # noqa: E402
     Variant,
-    _time_rounds,
+    time_rounds,
     bench_model_arg,
     fresh_compile_caches,
     median_ratio,
@@ -75,7 +75,7 @@ def main() -> None:
     if args.compile:
         fresh_compile_caches(len(NORMS) * len(impls))
     variants = [_variant(n, i, args) for n in NORMS for i in impls]
-    times = _time_rounds(variants, args.rounds, 5, args.model)
+    times = time_rounds(variants, args.rounds, 5, args.model)
     base = times["GN+ReLU, for-loop"]
     rows = {}
     for v in variants:

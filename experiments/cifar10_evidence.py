@@ -11,6 +11,14 @@ recipe scaled to the run's epochs, a 128-image power probe after every epoch):
     drivers   one change at a time at the 10k/20-epoch protocol: GN+PN with 2, 4, 16 groups,
               GN+PN without beta~/gamma~, weight decay 5e-4 (BN and GN+PN), Nesterov + cosine
               (BN and GN+PN)
+    head      (issue 31) the full-data GN+PN runs again at the current commit, seeds 0 and 1,
+              with the same flags: full50k-head/gn+pn/seed<k>
+    paper160  (issue 31) the paper's protocol (Appendix A.4, Table 15): the cifar recipe as
+              written, 160 epochs on all 50k images, in pairs whose partial results are already
+              useful: BN 0 + GN+PN 0, GN 0 + GN+PN 1, BN 1 + GN 1, BN over 2 images 0 + GN+PN 2;
+              on the fastest path that computes the same float32 function, the same for every
+              norm (eager, channels_last, PROXYNORM_CPP=1, which only GN+PN steps use:
+              paper160/paths/paths.md, ``experiments/cifar10_paths.py``)
 
 Runs are listed in priority order (seed 0 of everything before seed 1, so that a partial
 experiment already covers each question) and taken by ``--workers`` processes, each pinned to
@@ -21,6 +29,7 @@ experiment (stale claims of dead workers: ``--reclaim``). ``RESULTS=DIR`` writes
 from a worktree of a fixed commit into the main checkout's results).
 
     python experiments/cifar10_evidence.py --workers 2            # everything (~8 h on 2 cores)
+    python experiments/cifar10_evidence.py --only head,paper160 --reclaim  # issue 31 (~32 h)
     python experiments/cifar10_evidence.py --only devices --list  # what would run
     python experiments/cifar10_report.py                          # the page, from what finished
 """
@@ -46,6 +55,7 @@ COMMON = (*PROTOCOL, "--batch-size", "128")
 SUBSET = ("--subset", "10000", "--epochs", "20")
 NORM_BATCHES = (2, 4, 8, 16, 32)
 NESTEROV_COSINE = ("--nesterov", "--schedule", "cosine")
+GROUPS = ("devices", "full", "drivers", "head", "paper160")
 
 
 @dataclass(frozen=True)
@@ -53,11 +63,13 @@ class Run:
     group: str  # devices | full | drivers
     path: str  # relative to OUT: <experiment>/<norm>/seed<k>, as `proxynorm compare` lays out
     args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()  # environment variables of the run's process
 
 
-def _run(group: str, experiment: str, norm: str, seed: int, *args: str) -> Run:
-    path = f"{experiment}/{norm}/seed{seed}"
-    return Run(group, path, ("--norm", norm, "--seed", str(seed), *args))
+def _run(group: str, experiment: str, norm: str, seed: int, *args: str, name: str = "") -> Run:
+    path = f"{experiment}/{name or norm}/seed{seed}"
+    env = (("PROXYNORM_CPP", "1"),) if group == "paper160" else ()
+    return Run(group, path, ("--norm", norm, "--seed", str(seed), *args), env)
 
 
 def runs() -> list[Run]:
@@ -90,7 +102,15 @@ def runs() -> list[Run]:
             for n in ("gn+pn", "bn")
         ],
     ]
+    head = [_run("head", "full50k-head", "gn+pn", s, "--epochs", "30") for s in (0, 1)]
+    paper = {
+        (n, s): _run("paper160", "paper160", n, s) for n in ("bn", "gn", "gn+pn") for s in (0, 1, 2)
+    }
+    paper["bn-nb2", 0] = _run("paper160", "paper160", "bn", 0, "--norm-batch", "2", name="bn-nb2")
+    pairs = [("bn", 0), ("gn+pn", 0), ("gn", 0), ("gn+pn", 1), ("bn", 1), ("gn", 1), ("bn-nb2", 0)]
     return [
+        *head,
+        *[paper[k] for k in (*pairs, ("gn+pn", 2))],
         full["bn", 0],
         *devices[0],
         full["gn+pn", 0],
@@ -122,8 +142,8 @@ def command(run: Run, data: str) -> list[str]:
 def work(queue: list[Run], data: str, worker: int) -> list[tuple[str, int]]:
     """Take unclaimed runs from ``queue`` until none is left; return (path, exit code) pairs."""
     done = []
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     for run in queue:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **dict(run.env)}
         out = OUT / run.path
         if (out / "final.json").exists():
             continue
@@ -149,7 +169,7 @@ def work(queue: list[Run], data: str, worker: int) -> list[tuple[str, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--only", default="devices,full,drivers", help="comma-separated groups")
+    p.add_argument("--only", default="devices,full,drivers", help=f"comma-separated: {GROUPS}")
     p.add_argument("--workers", type=int, default=2, help="parallel 1-thread runs")
     p.add_argument("--data-dir", default=DATA, help=f"CIFAR-10 JPEG zip (default {DATA})")
     p.add_argument("--list", action="store_true", help="print the runs and their state, then exit")
@@ -158,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         p.error("--workers must be >= 1")
     groups = {g.strip() for g in args.only.split(",") if g.strip()}
-    unknown = groups - {"devices", "full", "drivers"}
+    unknown = groups - set(GROUPS)
     if unknown:
-        p.error(f"unknown group(s) {sorted(unknown)}; valid: devices, full, drivers")
+        p.error(f"unknown group(s) {sorted(unknown)}; valid: {', '.join(GROUPS)}")
     queue = [r for r in runs() if r.group in groups]
     if args.list:
         for r in queue:

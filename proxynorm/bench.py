@@ -71,7 +71,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_rounds(
+def time_rounds(
     variants: list[Variant], repeats: int, warmup: int, desc: str, device=_CPU
 ) -> dict:
     """Warm-up calls, then ``repeats`` interleaved rounds: one call of each variant per round, in
@@ -204,7 +204,7 @@ def bench_layers(
         _layer_variant("act: PN (reference)", pn_ref, x),
         _layer_variant("act: PN (fused)", pn, x),
     ]
-    times = _time_rounds(variants, repeats, warmup, f"layers {'x'.join(map(str, shape))}")
+    times = time_rounds(variants, repeats, warmup, f"layers {'x'.join(map(str, shape))}")
     rows = _summarize(variants[:-3], times, "BN+ReLU")
     rows.update(_summarize(variants[-3:], times, "act: affine+ReLU"))
     return rows
@@ -299,7 +299,7 @@ def bench_models(
         set_fused(m, path != "reference")
         variants.append(_model_variant(name, m, x, y, compiled, amp, backend, path == "cpp"))
     desc = f"{model} batch {batch} {'channels_last' if channels_last else 'contiguous'}"
-    times = _time_rounds(
+    times = time_rounds(
         variants, repeats, warmup, desc + (" compiled" if compiled else ""), device
     )
     return _summarize(variants, times, "bn", device, also="gn")

@@ -25,11 +25,11 @@ def test_layer_and_model_benchmarks_report_ratios_and_memory():
 def test_rounds_run_the_variants_in_a_new_random_order_each():
     """A fixed order biases the timings (the variant timed right after another pays for what
     that one left behind); every variant still runs once per round."""
-    from proxynorm.bench import Variant, _time_rounds
+    from proxynorm.bench import Variant, time_rounds
 
     calls = []
     variants = [Variant(n, lambda n=n: calls.append(n), None) for n in "abcd"]
-    times = _time_rounds(variants, repeats=30, warmup=0, desc="t")
+    times = time_rounds(variants, repeats=30, warmup=0, desc="t")
     rounds = [tuple(calls[i : i + 4]) for i in range(0, len(calls), 4)]
     assert all(sorted(r) == list("abcd") for r in rounds) and len(rounds) == 30
     assert len(set(rounds)) > 5 and {r[0] for r in rounds} == set("abcd")
