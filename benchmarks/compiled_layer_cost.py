@@ -46,36 +46,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from proxynorm.bench import (  # noqa: E402
     Variant,
-    time_rounds,
     bench_model_arg,
     fresh_compile_caches,
     median_ratio,
     named_model,
+    time_rounds,
     write_script_json,
 )
 from proxynorm.layers import ProxyNormAct, norm_act, proxy_quantiles  # noqa: E402
-from proxynorm.layers import fused_proxy_norm as fpn  # noqa: E402
-
-#: The proxy statistics a variant compiles ("closed", "one-pass", "two-pass"): read while
-#: dynamo traces, so each variant's graph has its own.
-_PATH = {"now": "closed"}
-_CLOSED_FORM, _ONE_PASS = fpn._closed_form, fpn._shifted_moments  # the shipped ones
-
-
-def _closed_form(act) -> bool:
-    """The shipped choice, unless the variant compiles the proxy from z~."""
-    return _PATH["now"] == "closed" and _CLOSED_FORM(act)
-
-
-def _shifted_moments(z, shift, proxy_eps, scale):
-    """The shipped one-pass moments, or (``two-pass``) the eager two-pass ones under compile."""
-    if _PATH["now"] == "two-pass":
-        return fpn._two_pass_moments(z, proxy_eps, scale, True)
-    return _ONE_PASS(z, shift, proxy_eps, scale)
-
-
-fpn._closed_form = _closed_form
-fpn._shifted_moments = _shifted_moments
+from proxynorm.layers.pn import stats  # noqa: E402 (its COMPILED_PROXY switch)
 
 
 def _own_quantiles(model: nn.Module) -> nn.Module:
@@ -140,7 +119,7 @@ def _variant(name: str, args) -> Variant:
     run = torch.compile(model, backend=args.backend, options=dict(args.inductor) or None)
 
     def loss() -> torch.Tensor:
-        _PATH["now"] = path
+        stats.compiled_proxy(path)  # read while dynamo traces: each variant its own graph
         out = run(x)
         return out.sum() if y is None else F.cross_entropy(out, y)
 

@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from proxynorm.bench import (  # noqa: E402
     Variant,
-    time_rounds,
     bench_model_arg,
     fresh_compile_caches,
     median_ratio,
     named_model,
+    time_rounds,
     write_script_json,
 )
 from proxynorm.train.optim import fused_sgd_available, weight_decay_groups  # noqa: E402

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from proxynorm.bench import Variant, fresh_compile_caches, median_ratio, time_rounds
 from proxynorm.data import normalize
 from proxynorm.environment import environment
-from proxynorm.layers import cpp_kernel
+from proxynorm.layers.pn import cpp as cpp_kernel
 from proxynorm.train import build_config
 from proxynorm.train.loop import build_data, build_model
 from proxynorm.train.optim import build_optimizer

@@ -90,7 +90,7 @@ def accuracy(model: nn.Module, test) -> float:
 
 def convert_step(ckpt: Path, train, test, cal) -> dict:
     from proxynorm import convert
-    from proxynorm.models import load_model
+    from proxynorm.checkpoint import load_model
 
     path = OUT / "convert.json"
     bn = load_model(ckpt).eval()
@@ -127,8 +127,8 @@ def convert_step(ckpt: Path, train, test, cal) -> dict:
 
 def finetune_model(condition: str, ckpt: Path, cal) -> nn.Module:
     from proxynorm import convert
+    from proxynorm.checkpoint import load_model
     from proxynorm.layers import BatchNormStep
-    from proxynorm.models import load_model
 
     bn = load_model(ckpt)
     if condition.startswith("bn"):

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from proxynorm import __distribution__, __version__
+from proxynorm.version import DISTRIBUTION, __version__
 
 
 def _cmd_specs(args: argparse.Namespace) -> int:
@@ -21,7 +21,7 @@ def _cmd_specs(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from proxynorm.demo import format_rows, run_demo
+    from proxynorm.analysis.demo import format_rows, run_demo
 
     specs = tuple(s.strip() for s in args.specs.split(",") if s.strip())
     print(
@@ -246,8 +246,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     import torch
 
-    from proxynorm.export import export_model
-    from proxynorm.models import load_model
+    from proxynorm.checkpoint import load_model
+    from proxynorm.conversion.export import export_model
 
     suffix = ".onnx" if args.format == "onnx" else ".torchscript.pt"
     out = Path(args.out or Path(args.checkpoint).with_suffix(suffix))
@@ -265,8 +265,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _convert_source(args: argparse.Namespace):
     """The model to convert and its rebuildable description."""
+    from proxynorm.checkpoint import load_checkpoint, load_model
     from proxynorm.conversion import build_source
-    from proxynorm.models import load_checkpoint, load_model
 
     given = [a for a in ("checkpoint", "torchvision", "timm") if getattr(args, a)]
     if len(given) != 1:
@@ -323,7 +323,7 @@ def _accuracy(model, batches) -> float:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from proxynorm import convert
-    from proxynorm.models import save_model
+    from proxynorm.checkpoint import save_model
 
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -371,8 +371,8 @@ def _diagnose_source(args: argparse.Namespace):
 def _cmd_diagnose(args: argparse.Namespace) -> int:
     import json
 
+    from proxynorm.analysis.diagnose import diagnose, markdown, plot, recommendation
     from proxynorm.data import probe_batch
-    from proxynorm.diagnose import diagnose, markdown, plot, recommendation
 
     model, title = _diagnose_source(args)
     x, note = probe_batch(args.data, args.batches * args.batch_size, seed=args.seed)
@@ -414,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version",
         action="version",
-        version=f"{__distribution__} {__version__} (import name proxynorm; Proxy Normalization, "
+        version=f"{DISTRIBUTION} {__version__} (import name proxynorm; Proxy Normalization, "
         "Labatie et al., NeurIPS 2021)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

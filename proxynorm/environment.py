@@ -13,14 +13,14 @@ from typing import Any
 
 import torch
 
-import proxynorm
-from proxynorm.layers import cpp_kernel
+from proxynorm.layers.pn import cpp
+from proxynorm.version import __version__
 
 
 def source_commit() -> str | None:
     """The git commit of the checkout ``proxynorm`` is imported from, with ``+dirty`` when
     tracked files differ from it; ``None`` outside a git checkout (e.g. an installed wheel)."""
-    root = Path(proxynorm.__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():  # a directory, or a file in a git worktree
         return None
     try:
@@ -35,7 +35,7 @@ def source_commit() -> str | None:
 def environment() -> dict[str, Any]:
     """Versions, source commit, thread count and machine of this process."""
     return {
-        "proxynorm": proxynorm.__version__,
+        "proxynorm": __version__,
         "commit": source_commit(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -44,5 +44,5 @@ def environment() -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         # whether GN+PN steps may run on the opt-in C++ kernel (its float32 rounding differs)
-        "pn_cpp_kernel": cpp_kernel.in_use(),
+        "pn_cpp_kernel": cpp.in_use(),
     }

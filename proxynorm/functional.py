@@ -4,8 +4,8 @@
 one-node autograd.Function (optionally with the GroupNorm step) that ``ProxyNormAct`` runs.
 """
 
-from proxynorm.layers.fused_proxy_norm import fused_proxy_norm_act, proxy_statistics
-from proxynorm.layers.proxy_norm import proxy_moments, proxy_norm_act, proxy_quantiles
+from proxynorm.layers.pn.fused import fused_proxy_norm_act, proxy_statistics
+from proxynorm.layers.pn.reference import proxy_moments, proxy_norm_act, proxy_quantiles
 
 __all__ = [
     "fused_proxy_norm_act",

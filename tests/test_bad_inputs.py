@@ -11,6 +11,7 @@ import subprocess
 import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from importlib import import_module
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,8 @@ _LAUNCH = (
 @pytest.fixture(scope="module")
 def cli_results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bad")
-    from proxynorm.models import create_model, save_model
+    from proxynorm.checkpoint import save_model
+    from proxynorm.models import create_model
 
     ckpt = tmp / "ckpt.pt"
     save_model(ckpt, create_model("resnet20", norm="gn+pn", width_mult=0.25))
@@ -160,7 +162,8 @@ def _library_rows():
          ValueError, "leaves a last ghost batch of 1 input"),
         ("unknown act", lambda: norm_act("gn+pn", 8, act="relu7"), ValueError,
          "unknown act 'relu7'; valid activations: identity, relu"),
-        ("demo batch=1", lambda: __import__("proxynorm.demo").demo.run_demo(("bn",), batch=1),
+        ("demo batch=1",
+         lambda: import_module("proxynorm.analysis.demo").run_demo(("bn",), batch=1),
          ValueError, "batch must be >= 2"),
     ]  # fmt: skip
 

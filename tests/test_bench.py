@@ -46,7 +46,7 @@ def test_run_benchmarks_rejects_unknown_models(tmp_path):
 
 
 def test_bench_command_writes_json_and_markdown(tmp_path, monkeypatch):
-    import proxynorm.bench as bench
+    import proxynorm.bench.suite as bench
 
     calls = []
     monkeypatch.setattr(bench, "bench_layers", lambda *a, **k: calls.append("l") or {})
@@ -61,7 +61,7 @@ def test_bench_command_writes_json_and_markdown(tmp_path, monkeypatch):
 
 
 def test_small_batch_setting_benchmarks_resnet20_at_batch_8(tmp_path, monkeypatch):
-    import proxynorm.bench as bench
+    import proxynorm.bench.suite as bench
 
     calls = []
     monkeypatch.setattr(bench, "bench_layers", lambda *a, **k: {})

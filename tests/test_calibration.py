@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from proxynorm import convert
-from proxynorm.calibration import bn_affine
+from proxynorm.conversion.calibrate import bn_affine
 from proxynorm.layers import ProxyNormAct
 from proxynorm.models import create_model
 from tests.test_conversion import ResNetV1, _batch_independent
@@ -158,8 +158,8 @@ def test_real_models_calibrate(lib, name):
 
 
 def test_cli_convert_calibrates_saves_and_loads(tmp_path, capsys):
+    from proxynorm.checkpoint import load_model, save_model
     from proxynorm.cli import main
-    from proxynorm.models import load_model, save_model
     from tests.fake_data import write_cifar10
 
     data = write_cifar10(tmp_path / "cifar", n_train=10, n_test=4)

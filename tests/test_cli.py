@@ -99,7 +99,8 @@ def test_power_command_random_nets(tmp_path, capsys):
 def test_power_command_on_checkpoints(tmp_path):
     import json
 
-    from proxynorm.models import create_model, save_model
+    from proxynorm.checkpoint import save_model
+    from proxynorm.models import create_model
 
     for norm in ("bn", "gn+pn"):
         save_model(tmp_path / f"{norm}.pt", create_model("resnet20", norm=norm, width_mult=0.25))

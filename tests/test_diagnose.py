@@ -1,4 +1,4 @@
-"""``proxynorm.diagnose`` and ``proxynorm diagnose`` (issue 18)."""
+"""``proxynorm.analysis.diagnose`` and ``proxynorm diagnose`` (issue 18)."""
 
 import json
 import subprocess
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from proxynorm.analysis.diagnose import diagnose
 from proxynorm.analysis.power import TERM_NAMES
-from proxynorm.diagnose import diagnose
 from proxynorm.models import create_model
 from tests.test_calibration import _bn_model
 from tests.test_conversion import FrozenBatchNorm2d, ResNetV1, _frozen_backbone
@@ -102,7 +102,7 @@ def test_bad_inputs():
 _MEMORY = textwrap.dedent(
     """
     import resource, sys, torch
-    from proxynorm.diagnose import diagnose
+    from proxynorm.analysis.diagnose import diagnose
     from proxynorm.models import create_model
     torch.manual_seed(0)
     model = create_model("resnet20", norm="bn", width_mult=0.5).eval()
@@ -151,6 +151,6 @@ def test_cli_writes_report_json_md_and_pngs(tmp_path):
 
 
 def test_frozen_bn_module_is_a_norm_layer():
-    from proxynorm.diagnose import norm_layers
+    from proxynorm.analysis.diagnose import norm_layers
 
     assert len(norm_layers(nn.Sequential(FrozenBatchNorm2d(4)))) == 1

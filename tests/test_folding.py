@@ -2,11 +2,12 @@ import pytest
 import torch
 
 from proxynorm import fold
+from proxynorm.checkpoint import save_model
 from proxynorm.cli import main
-from proxynorm.export import export_model
+from proxynorm.conversion.export import export_model
 from proxynorm.layers import ProxyNormAct
-from proxynorm.layers.folded_proxy_norm import FoldedProxyAct
-from proxynorm.models import create_model, save_model
+from proxynorm.layers.pn.folded import FoldedProxyAct
+from proxynorm.models import create_model
 
 
 def _perturbed(name, spec, **kw):

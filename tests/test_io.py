@@ -1,6 +1,6 @@
 import pytest
 
-from proxynorm._io import atomic_target
+from proxynorm.files import atomic_target
 
 
 def test_atomic_target_replaces_on_success_and_keeps_the_old_file_on_failure(tmp_path):

@@ -1,6 +1,7 @@
 """The four-term power decomposition of normalized pre-activations.
 
-Labatie et al., NeurIPS 2021, Eq. (5); ``SPEC.md`` §3. For channel c of y (inputs x, positions α)::
+Labatie et al., NeurIPS 2021, Eq. (5); docs/METHOD.md §3. For channel c of y (inputs x,
+positions α)::
 
     E[y_c²] = μ_{x,α}(y_c)²        (1) dataset scale: channel-wise collapse when it dominates
             + σ_x(μ_α(y_c))²       (2) instance scale: variability of instance means

@@ -2,7 +2,7 @@
 
 Works on the package's models (``model.norm_act_layers()``) and on plain PyTorch models with
 ``nn.BatchNorm2d`` / ``nn.GroupNorm`` layers, for which y is recomputed from the layer's input
-without the affine transform (SPEC §3: y is probed *before* γ, β).
+without the affine transform (docs/METHOD.md §3: y is probed *before* γ, β).
 """
 
 from __future__ import annotations

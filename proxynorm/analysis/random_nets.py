@@ -1,4 +1,4 @@
-"""Measurements over independent realizations of random nets (Definition 1; SPEC §4)."""
+"""Measurements over independent realizations of random nets (Definition 1; docs/METHOD.md §4)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from proxynorm._io import atomic_target
 from proxynorm.analysis.plots import plot_power_panels, plot_theory
 from proxynorm.analysis.power import TERM_NAMES, power_decomposition
 from proxynorm.analysis.probes import record_preactivations
@@ -22,8 +21,9 @@ from proxynorm.analysis.random_nets import (
     summarize,
 )
 from proxynorm.analysis.theory import collapse_bound
+from proxynorm.checkpoint import load_model
+from proxynorm.files import atomic_target
 from proxynorm.layers import parse_spec
-from proxynorm.models import load_model
 
 
 def _write_json(path: Path, payload: dict) -> None:

@@ -1,6 +1,6 @@
 """Theorem 1's collapse bound and the channel-wise linearity ratio.
 
-Labatie et al., NeurIPS 2021, Theorem 1 and Appendix C.2, as restated in ``SPEC.md`` §4.
+Labatie et al., NeurIPS 2021, Theorem 1 and Appendix C.2, as restated in docs/METHOD.md §4.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def collapse_bound(rho1: float, gamma_std: float, beta_std: float, depth: int) -
 
 
 def linearity_ratio(y: Tensor, z: Tensor, per_channel: bool = False) -> Tensor:
-    """Channel-wise nonlinearity ratio of ``z`` as a function of ``y`` (SPEC §4).
+    """Channel-wise nonlinearity ratio of ``z`` as a function of ``y`` (docs/METHOD.md §4).
 
     In channel c, fit ``z_c ≈ a_c y_c + b_c`` by least squares over inputs and positions;
     ``NL_c = E[(z_c − a_c y_c − b_c)²] / Var(z_c) = 1 − corr(y_c, z_c)²``. A channel whose ``z`` is

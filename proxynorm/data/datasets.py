@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from proxynorm._io import atomic_target
 from proxynorm.data.cifar import ARCHIVES, load_cifar
 from proxynorm.data.image_folder import ImageFolder
+from proxynorm.files import atomic_target
 
 DATASETS = ("cifar10", "cifar100", "imagefolder")
 

@@ -17,7 +17,7 @@ from proxynorm.layers.factory import NORM_ACT_LAYERS, conv2d, is_norm_act, norm_
 from proxynorm.layers.frn import FilterResponseNormTLU
 from proxynorm.layers.group_norm import GroupNormAct, GroupNormStep, InstanceNormAct, LayerNormAct
 from proxynorm.layers.norm_act import AffineAct, NormAct, NormStep
-from proxynorm.layers.proxy_norm import ProxyNormAct, proxy_moments, proxy_quantiles
+from proxynorm.layers.pn import FoldedProxyAct, ProxyNormAct, proxy_moments, proxy_quantiles
 from proxynorm.layers.spec import KNOWN_SPECS, NormSpec, parse_spec
 from proxynorm.layers.ws_conv import WSConv2d
 
@@ -32,6 +32,7 @@ __all__ = [
     "DropPath",
     "EvoNormS0",
     "FilterResponseNormTLU",
+    "FoldedProxyAct",
     "GroupNormAct",
     "GroupNormStep",
     "InstanceNormAct",

@@ -1,6 +1,6 @@
 """BatchNorm (BN) norm-act step, with an optional normalization batch size ("ghost batches").
 
-Labatie et al., NeurIPS 2021, §3 and Appendix A.1; ``SPEC.md`` §1. In training, statistics are
+Labatie et al., NeurIPS 2021, §3 and Appendix A.1; docs/METHOD.md §1. In training, statistics are
 taken per channel over (N, H, W) of each sub-batch of ``norm_batch`` inputs (32 on ImageNet, 128 on
 CIFAR in the paper), which can be smaller than the batch; in eval mode, running averages are used.
 BN is the one batch-dependent norm of the zoo; :class:`SyncBatchNormStep` takes its statistics
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from proxynorm.layers.activation import Activation
+from proxynorm.layers.kernels import upcast
 from proxynorm.layers.norm_act import NormAct, NormStep
-from proxynorm.layers.precision import upcast
 from proxynorm.layers.validation import check_num_features, check_positive
 
 

@@ -1,7 +1,7 @@
 """EvoNorm-S0 (Liu et al., "Evolving Normalization-Activation Layers", 2020).
 
-A batch-independent baseline of Labatie et al., NeurIPS 2021 (Table 4); ``SPEC.md`` §1. It replaces
-both the norm step and the activation step.
+A batch-independent baseline of Labatie et al., NeurIPS 2021 (Table 4); docs/METHOD.md §1. It
+replaces both the norm step and the activation step.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from proxynorm.layers.precision import upcast
+from proxynorm.layers.kernels import upcast
 from proxynorm.layers.validation import (
     check_input,
     check_num_features,

@@ -1,7 +1,7 @@
 """Filter Response Normalization with a Thresholded Linear Unit (FRN+TLU).
 
 Singh & Krishnan, "Filter Response Normalization Layer", CVPR 2020; a batch-independent baseline of
-Labatie et al., NeurIPS 2021 (Table 4); ``SPEC.md`` §1. It replaces both the norm step and the
+Labatie et al., NeurIPS 2021 (Table 4); docs/METHOD.md §1. It replaces both the norm step and the
 activation step.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from proxynorm.layers.precision import upcast
+from proxynorm.layers.kernels import upcast
 from proxynorm.layers.validation import check_input, check_num_features, check_positive
 
 

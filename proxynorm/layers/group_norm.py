@@ -1,7 +1,7 @@
 """Batch-independent norm-act steps: GroupNorm (GN), LayerNorm (LN) and InstanceNorm (IN).
 
-Labatie et al., NeurIPS 2021, §3 and ``SPEC.md`` §1. All three standardize per sample over a group
-of channels and all spatial positions, with the population variance:
+Labatie et al., NeurIPS 2021, §3 and docs/METHOD.md §1. All three standardize per sample over a
+group of channels and all spatial positions, with the population variance:
 
 * GN(G): over (C/G, H, W) per sample and group;
 * LN: GroupNorm with one group, i.e. over (C, H, W) — *not* timm's channels-only ``LayerNorm2d``;
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from proxynorm.layers.activation import Activation
-from proxynorm.layers.fused_proxy_norm import _dense, group_norm
+from proxynorm.layers.kernels import dense, group_norm
 from proxynorm.layers.norm_act import NormAct, NormStep
 from proxynorm.layers.validation import check_num_features, check_positive, resolve_groups
 
@@ -38,7 +38,7 @@ class GroupNormStep(NormStep):
         return self.forward_affine(x, None, None)
 
     def forward_affine(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
-        xf = _dense(x)
+        xf = dense(x)
         w, b = (None if t is None else t.to(xf.dtype) for t in (weight, bias))
         return group_norm(xf, self.groups, w, b, self.eps)[0].to(x.dtype)
 
@@ -55,7 +55,7 @@ class GroupNormAct(NormAct):
     .. math:: y = \frac{x - \mu_{(C/G,H,W)}(x)}{\sqrt{\sigma^2_{(C/G,H,W)}(x) + \epsilon}},\qquad
               z = \varphi(\gamma y + \beta)\ \text{or Eq. (7) with PN}
 
-    Population variance over each sample's group of channels and all positions (SPEC §1).
+    Population variance over each sample's group of channels and all positions (docs/METHOD.md §1).
 
     Args:
         num_features: number of channels C.

@@ -3,9 +3,9 @@
 Labatie et al., NeurIPS 2021, Eqs. (3)-(4) and (7): a layer's norm step produces standardized
 pre-activations ``y`` with no affine transform; the activation step owns γ and β and computes either
 ``φ(γ y + β)`` (:class:`AffineAct`) or the proxy-normalized ``z~`` (:class:`ProxyNormAct`).
-Keeping γ, β in the activation step is what lets analysis observe ``y`` exactly (SPEC §3): a forward
-hook on ``layer.norm`` sees ``y``. Without hooks and without PN, the two steps run fused in
-PyTorch's native norm kernel (same values, fewer passes over memory).
+Keeping γ, β in the activation step is what lets analysis observe ``y`` exactly (docs/METHOD.md
+§3): a forward hook on ``layer.norm`` sees ``y``. Without hooks and without PN, the two steps
+run fused in PyTorch's native norm kernel (same values, fewer passes over memory).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from proxynorm.layers.activation import Act, Activation, act_name, resolve_act
-from proxynorm.layers.proxy_norm import ProxyNormAct
+from proxynorm.layers.pn.module import ProxyNormAct
 from proxynorm.layers.validation import check_input, check_num_features
 
 

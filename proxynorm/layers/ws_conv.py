@@ -1,6 +1,6 @@
 """Weight-standardized convolution (WS; Qiao et al., "Micro-Batch Training with Batch-Channel
 Normalization and Weight Standardization", 2019), as used by Labatie et al., NeurIPS 2021
-(GN+WS, LN+WS baselines); ``SPEC.md`` §1."""
+(GN+WS, LN+WS baselines); docs/METHOD.md §1."""
 
 from __future__ import annotations
 

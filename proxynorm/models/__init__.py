@@ -3,7 +3,6 @@ random nets), each built from one norm spec: ``create_model("resnet50", norm="gn
 
 from proxynorm.models.base import ProxyNormModel
 from proxynorm.models.builder import LayerFactory
-from proxynorm.models.checkpoint import load_checkpoint, load_model, save_model
 from proxynorm.models.efficientnet import EfficientNet
 from proxynorm.models.random_net import RandomNet
 from proxynorm.models.registry import create_model, list_models
@@ -17,7 +16,4 @@ __all__ = [
     "RandomNet",
     "create_model",
     "list_models",
-    "load_checkpoint",
-    "load_model",
-    "save_model",
 ]

@@ -1,7 +1,7 @@
 """EfficientNet-B0/B2 with any norm spec, and the paper's group-conv variant.
 
 Tan & Le, "EfficientNet: Rethinking Model Scaling for CNNs", ICML 2019 (MBConv blocks with
-squeeze-excite, swish). Labatie et al., NeurIPS 2021 (``SPEC.md`` §5, Appendix A.1) also train a
+squeeze-excite, swish). Labatie et al., NeurIPS 2021 (docs/METHOD.md §5, Appendix A.1) also train a
 variant whose depthwise convs become group convs of group size 16 with expansion 4 instead of 6
 (``*_g16``); PN is off inside SE blocks (no norm precedes their activation), WS is off in SE blocks
 and the classifier, and the final affine of each MBConv block is a per-channel scale when PN has

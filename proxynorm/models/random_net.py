@@ -1,4 +1,4 @@
-"""Random nets of Labatie et al., NeurIPS 2021, Definition 1 (``SPEC.md`` §4).
+"""Random nets of Labatie et al., NeurIPS 2021, Definition 1 (docs/METHOD.md §4).
 
 Every layer is conv (circular padding, truncated-normal weights scaled by 1/sqrt(fan_in)) ->
 norm step -> activation step, with γ ~ N(1, gamma_std²) and β ~ N(0, beta_std²) drawn i.i.d. per

@@ -3,7 +3,7 @@
 He, Zhang, Ren, Sun, "Identity Mappings in Deep Residual Networks", ECCV 2016 (v2 ordering: each
 residual block is norm-act -> conv ..., and the network ends with a norm-act before global pooling);
 Xie et al., "Aggregated Residual Transformations", CVPR 2017 (ResNeXt, same ordering here).
-As trained by Labatie et al., NeurIPS 2021 (``SPEC.md`` §5): CIFAR ResNets of depth 6n+2 with
+As trained by Labatie et al., NeurIPS 2021 (docs/METHOD.md §5): CIFAR ResNets of depth 6n+2 with
 widths 16/32/64, ImageNet ResNet-50/101 and ResNeXt-50/101 32x4d.
 """
 

@@ -1,6 +1,6 @@
 """The training loop: read top to bottom, one epoch at a time, resumable bit for bit on CPU.
 
-Labatie et al., NeurIPS 2021, Appendix A.1 recipes (``SPEC.md`` §6), via ``train.config``.
+Labatie et al., NeurIPS 2021, Appendix A.1 recipes (docs/METHOD.md §6), via ``train.config``.
 Per epoch: train (optional mixed precision, gradient clipping, Mixup/CutMix, weight EMA), evaluate,
 optionally decompose the power of a fixed probe batch at every norm-act step, then write an atomic
 checkpoint and one JSONL record. Shuffling and augmentation depend only on (seed, epoch) and the
@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from proxynorm.analysis import TERM_NAMES, power_decomposition, record_preactivations
+from proxynorm.checkpoint import load_checkpoint, save_model
 from proxynorm.data import class_balanced_indices, load_small_images, mix_batch, normalize
 from proxynorm.data.datasets import is_image_folder
 from proxynorm.data.image_folder import ImageFolder
@@ -34,7 +35,7 @@ from proxynorm.data.loader import ArrayLoader, FolderDataset, FolderLoader, epoc
 from proxynorm.data.transforms import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 from proxynorm.environment import environment
 from proxynorm.layers import convert_sync_batchnorm, parse_spec
-from proxynorm.models import create_model, load_checkpoint, save_model
+from proxynorm.models import create_model
 from proxynorm.train import distributed
 from proxynorm.train.config import TrainConfig
 from proxynorm.train.distributed import Dist
@@ -205,11 +206,16 @@ def resume_problem(saved: dict, cfg: TrainConfig, world_size: int, finished: boo
         return None  # extend the run
     details = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
     why = f"different options ({details})"
-    if "epochs" in diff and cfg.epochs > old.epochs and set(diff) <= {
-        "epochs",
-        "milestones",
-        "warmup_epochs",
-    }:
+    if (
+        "epochs" in diff
+        and cfg.epochs > old.epochs
+        and set(diff)
+        <= {
+            "epochs",
+            "milestones",
+            "warmup_epochs",
+        }
+    ):
         why += (
             "; a longer run would change the schedule it was trained with (milestones and "
             f"warmup scale with --epochs): pass --milestones "

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from proxynorm._io import atomic_target
+from proxynorm.files import atomic_target
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""Optimizers with the SPEC's weight-decay groups, learning-rate schedules and a weight EMA."""
+"""Optimizers with the paper's weight-decay groups (docs/METHOD.md §6), learning-rate schedules
+and a weight EMA."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from proxynorm.train.config import TrainConfig
 def weight_decay_groups(model: nn.Module, weight_decay: float, on: str) -> list[dict]:
     """Parameter groups for weight decay.
 
-    ``on="all"``: every parameter (SGD recipes: γ, β, β~, γ~ included, SPEC §6).
+    ``on="all"``: every parameter (SGD recipes: γ, β, β~, γ~ included, docs/METHOD.md §6).
     ``on="conv_and_proxy"``: conv weights and PN's β~, γ~ only (EfficientNet recipe).
     """
     if on == "all":

@@ -36,7 +36,7 @@ def test_theorem1_relu_below_bound():
 
 
 def test_theorem1_identity_near_equality():
-    """Near-equality for φ = identity, at width 256 (SPEC §4: finite width raises 1 − ρ)."""
+    """Near-equality for φ = identity, at width 256 (METHOD.md §4: finite width raises 1 − ρ)."""
     measured, bound = _theorem1("identity", 256)
     assert ((measured / bound - 1).abs() < 0.10).all()
 

@@ -1,4 +1,4 @@
-"""Independent float64 implementations of SPEC formulas, written loop-style for clarity."""
+"""Independent float64 implementations of docs/METHOD.md's formulas, written loop-style."""
 
 import math
 
@@ -27,7 +27,7 @@ def reference_quantiles(n):
 
 
 def reference_pn(y, gamma, beta, gamma_t, beta_t, act, eps=0.03, n=256, scale=True):
-    """SPEC §2 Eq. (7), one channel at a time, float64."""
+    """docs/METHOD.md §2 Eq. (7), one channel at a time, float64."""
     phi = ACTS[act]
     q = reference_quantiles(n)
     out = torch.empty_like(y, dtype=torch.float64)

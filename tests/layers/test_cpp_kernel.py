@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck
 
-from proxynorm.layers import cpp_kernel
 from proxynorm.layers.activation import get_act
-from proxynorm.layers.fused_proxy_norm import fused_proxy_norm_act
-from proxynorm.layers.proxy_norm import proxy_norm_act, proxy_quantiles
+from proxynorm.layers.pn import cpp as cpp_kernel
+from proxynorm.layers.pn.fused import fused_proxy_norm_act
+from proxynorm.layers.pn.reference import proxy_norm_act, proxy_quantiles
 from proxynorm.models import create_model
 from tests.layers.reference import assert_same_values_and_gradients
 

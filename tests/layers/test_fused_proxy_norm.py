@@ -9,11 +9,11 @@ from torch import nn
 from torch.autograd import gradcheck
 
 from proxynorm.bench import saved_bytes, set_fused
-from proxynorm.layers import ProxyNormAct, norm_act
-from proxynorm.layers import fused_proxy_norm as fpn
+from proxynorm.layers import ProxyNormAct, kernels, norm_act
 from proxynorm.layers.activation import ACTIVATIONS, get_act
-from proxynorm.layers.fused_proxy_norm import fused_proxy_norm_act
-from proxynorm.layers.proxy_norm import proxy_norm_act, proxy_quantiles
+from proxynorm.layers.pn import fused as fpn
+from proxynorm.layers.pn.fused import fused_proxy_norm_act
+from proxynorm.layers.pn.reference import proxy_norm_act, proxy_quantiles
 from proxynorm.models import create_model
 from tests.layers.reference import assert_same_values_and_gradients
 
@@ -163,7 +163,7 @@ def test_saved_memory_of_a_resnet20_with_fused_gn_pn_is_that_of_bn():
 
 
 def test_eval_caches_the_proxy_statistics(monkeypatch):
-    import proxynorm.layers.proxy_norm as pn_module
+    import proxynorm.layers.pn.module as pn_module
 
     calls = []
     real = pn_module.proxy_statistics
@@ -209,7 +209,7 @@ def test_eval_caches_the_proxy_statistics(monkeypatch):
 def test_one_pass_statistics_under_compile_match_the_reference_float64(monkeypatch, act, scale):
     """Under torch.compile the proxy moments are one shifted pass (sum and sum of squares of
     z~ − φ(B)); here that branch is taken eagerly, in float64, values and gradients."""
-    monkeypatch.setattr(fpn, "_compiling", lambda: True)
+    monkeypatch.setattr(kernels, "compiling", lambda: True)
     q = proxy_quantiles(32)
     args = _inputs()
     ref = _reference(*args, act, scale, 2, q)
@@ -233,7 +233,7 @@ def test_relu_closed_form_under_compile_matches_the_reference_float64(
     """Under torch.compile, ReLU's proxy statistics and their gradients come from the count and
     the sums of q and q² over the active quantiles (:func:`fpn._relu_sums`), with no C × n value
     kept. Every sign of A, B outside the quantiles on either side, and quantiles in any order."""
-    monkeypatch.setattr(fpn, "_compiling", lambda: True)
+    monkeypatch.setattr(kernels, "compiling", lambda: True)
     q = proxy_quantiles(33)  # odd: one quantile is exactly 0, on the boundary where A = 1, B = 0
     if shuffled:
         q = q[torch.randperm(33, generator=torch.Generator().manual_seed(0))]
@@ -256,7 +256,7 @@ def test_backward_takes_the_forward_proxy_path_under_any_compile_state(
     in principle): the backward reads what the forward saved (ReLU's sums or the quantiles), not
     whether it is compiling now."""
     compiling = {"now": forward_compiled}
-    monkeypatch.setattr(fpn, "_compiling", lambda: compiling["now"])
+    monkeypatch.setattr(kernels, "compiling", lambda: compiling["now"])
     q = proxy_quantiles(32)
     args = _inputs()
     ref = _reference(*args, "relu", True, 2, q)
@@ -266,7 +266,7 @@ def test_backward_takes_the_forward_proxy_path_under_any_compile_state(
 
 
 def test_relu_closed_form_passes_gradcheck(monkeypatch):
-    monkeypatch.setattr(fpn, "_compiling", lambda: True)
+    monkeypatch.setattr(kernels, "compiling", lambda: True)
     q = proxy_quantiles(16)
     x, w, b, pw, pb = _inputs(c=4, seed=2)
     x = x.detach()[:2, :, :3, :3].requires_grad_()
@@ -289,7 +289,7 @@ def test_one_pass_statistics_are_as_accurate_as_two_passes_in_float32(
     params = [torch.tensor([v]) for v in (gamma, beta, 0.3, -0.2)]
     exact = fpn.proxy_statistics(*(t.double() for t in params), q, a, 0.03, True, torch.float64)
     two = fpn.proxy_statistics(*params, q, a, 0.03, True)
-    monkeypatch.setattr(fpn, "_compiling", lambda: True)
+    monkeypatch.setattr(kernels, "compiling", lambda: True)
     one = fpn.proxy_statistics(*params, q, a, 0.03, True)
     for o, t, e in zip(one, two, exact, strict=True):
         err_two = float((t.double() - e).abs() / e.abs().clamp_min(1e-3))

@@ -98,7 +98,7 @@ def test_gradients_flow_through_proxy_moments():
 
 @pytest.mark.parametrize("act", ["relu", "silu", "gelu"])
 def test_theorem3_outputs_channelwise_normalized(act):
-    """SPEC §4, Theorem 3: y ~ N(0, 1) per channel, β~ = γ~ = 0 => mean 0, var Var/(Var + eps)."""
+    """METHOD.md §4, Theorem 3: y ~ N(0, 1), β~ = γ~ = 0 => mean 0, var Var/(Var + eps)."""
     c = 8
     pn = ProxyNormAct(c, act=act, dtype=torch.float64)
     with torch.no_grad():  # the paper's random-net setting: γ ~ N(1, 0.2²), β ~ N(0, 0.2²)

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from proxynorm.models import create_model, load_checkpoint, load_model, save_model
+from proxynorm.checkpoint import load_checkpoint, load_model, save_model
+from proxynorm.models import create_model
 
 
 class Evil:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import proxynorm.train.loop as loop
-from proxynorm.models import load_checkpoint
+from proxynorm.checkpoint import load_checkpoint
 from proxynorm.train import TrainingDiverged, build_config, train
 from proxynorm.train.metrics import read_jsonl
 from tests.fake_data import write_cifar10

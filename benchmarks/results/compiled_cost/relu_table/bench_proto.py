@@ -15,7 +15,6 @@ sys.path[:0] = [str(here), str(here.parents[2])]  # proto.py, benchmarks/
 
 import compiled_layer_cost as clc  # noqa: E402
 import proto  # noqa: E402  (builds its tables before anything is compiled)
-
 import proxynorm.layers.fused_proxy_norm as fpn  # noqa: E402
 
 _shipped_sums, _shipped_closed = clc.fpn._relu_sums, clc._CLOSED_FORM

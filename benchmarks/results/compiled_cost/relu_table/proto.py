@@ -8,7 +8,6 @@ would, and the sums are reads from prefix and suffix tables. Same counts and sum
 import math
 
 import torch
-
 from proxynorm.layers.proxy_norm import proxy_quantiles
 
 _TABLES = {}

@@ -4,7 +4,7 @@ Labatie et al., NeurIPS 2021, Eq. (7). In eager mode a GN+PN layer costs a fixed
 training step more than GN+ReLU on CPU, whatever the batch (docs/PERFORMANCE.md): the autograd
 Function's Python work and ~40 small operators on the (C,)- and (C, n)-sized proxy statistics. At
 the small per-device batches PN is for, that is most of the difference. This kernel does the
-same computation as :class:`~proxynorm.layers.fused_proxy_norm._ProxyNormActFunction` (values and
+same computation as :class:`~proxynorm.layers.pn.fused._ProxyNormActFunction` (values and
 gradients checked against it in float64 and with ``gradcheck``), with the proxy statistics and
 their gradients in closed form (prefix sums over the sorted quantiles, double precision) and the
 backward pass in C++ (the method is in the source's header and docs/PERFORMANCE.md).

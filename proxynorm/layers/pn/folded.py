@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from proxynorm.layers.activation import Act
-from proxynorm.layers.proxy_norm import ProxyNormAct
+from proxynorm.layers.pn.module import ProxyNormAct
 from proxynorm.layers.validation import check_input
 
 

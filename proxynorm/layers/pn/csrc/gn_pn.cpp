@@ -1,7 +1,7 @@
 // GroupNorm + proxy-normalized ReLU/identity in one autograd node, forward and backward in C++.
 //
-// Labatie et al., NeurIPS 2021, Eq. (7); SPEC.md §2. The same computation and hand-derived
-// gradients as _ProxyNormActFunction in fused_proxy_norm.py (whose docstring derives them), for
+// Labatie et al., NeurIPS 2021, Eq. (7); docs/METHOD.md §2. The same computation and hand-derived
+// gradients as _ProxyNormActFunction in pn/fused.py (whose docstring derives them), for
 // the case that dominates PN's eager cost at small batches: the per-layer work that does not depend
 // on the batch. Here the proxy statistics of the C x n values and their gradients are closed
 // forms over prefix sums of the sorted quantiles (O(C log n), double precision), the ReLU mask and
@@ -150,7 +150,7 @@ Stats proxy_stats(const Params& p, const Quantiles& qs, bool relu, bool scale, d
 }
 
 // PyTorch's native GroupNorm; float32 statistics that overflowed (|x| >~ 1e19 on the contiguous
-// CPU kernel) are recomputed in float64, as fused_proxy_norm.group_norm does.
+// CPU kernel) are recomputed in float64, as kernels.group_norm does.
 std::tuple<Tensor, Tensor, Tensor> group_norm(const Tensor& x, const Tensor& w, const Tensor& b,
                                               int64_t groups, double eps) {
   const int64_t N = x.size(0), C = x.size(1), HW = x.numel() / (N * C);

@@ -1,152 +1,18 @@
-"""The proxy-normalized activation step (Proxy Normalization, PN).
-
-Labatie, Masters, Eaton-Rosen, Luschi, "Proxy-Normalizing Activations to Match Batch
-Normalization while Removing Batch Dependence", NeurIPS 2021, Eq. (7) and Appendix B;
-``SPEC.md`` §2 of this project.
-
-PN replaces the activation step ``z = φ(γ y + β)`` that follows a norm step by::
-
-    z~ = (φ(γ y + β) − E[φ(γ Y~ + β)]) / sqrt(Var[φ(γ Y~ + β)] + eps),   Y~ ~ N(β~, (1 + γ~)²)
-
-per channel, where the proxy moments are computed on ``n`` deterministic quantiles of N(0, 1),
-``q_i = sqrt(2) · erfinv(2 (i + 0.5) / n − 1)``, with mean and *population* variance over ``i``.
-The proxy moments depend only on parameters, never on the batch, so PN is batch independent,
-and gradients reach γ, β, β~, γ~ both through the main path and through the proxy moments.
+"""The proxy-normalized activation step as a layer: :class:`ProxyNormAct` (Labatie et al., NeurIPS
+2021, Eq. 7; docs/METHOD.md §2). The formula is in :mod:`.reference`, the fused autograd node in
+:mod:`.fused`.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
+from proxynorm.layers import kernels
 from proxynorm.layers.activation import Act, Activation, act_name, resolve_act
-from proxynorm.layers.fused_proxy_norm import _compiling, fused_proxy_norm_act, proxy_statistics
+from proxynorm.layers.pn.fused import fused_proxy_norm_act, proxy_statistics
+from proxynorm.layers.pn.reference import proxy_moments, proxy_norm_act, shared_quantiles
 from proxynorm.layers.validation import check_input, check_num_features, check_positive
-
-
-def proxy_quantiles(
-    n_samples: int = 256,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float64,
-) -> Tensor:
-    """The ``n`` quantiles of N(0, 1) "uniformly sampled in probability" (SPEC §2).
-
-    .. math:: q_i = \\Phi^{-1}\\big(\\tfrac{i + 0.5}{n}\\big)
-              = \\sqrt{2}\\,\\mathrm{erfinv}\\big(\\tfrac{2 (i + 0.5)}{n} - 1\\big),
-              \\quad i = 0..n-1
-
-    Computed in float64 with :func:`torch.special.erfinv`, then cast to ``dtype``.
-
-    Raises:
-        ValueError: ``n_samples`` < 2.
-    """
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
-        raise ValueError(f"n_samples must be an int >= 2, got {n_samples!r}")
-    p = (torch.arange(n_samples, device=device, dtype=torch.float64) + 0.5) / n_samples
-    return (math.sqrt(2.0) * torch.special.erfinv(2.0 * p - 1.0)).to(dtype)
-
-
-#: One quantile tensor per (n, device), shared by the PN layers (see ``_shared_quantiles``).
-_SHARED_QUANTILES: dict[tuple[int, torch.device], Tensor] = {}
-
-
-def _shared_quantiles(n_samples: int, device: torch.device | str | None) -> Tensor:
-    """The float64 :func:`proxy_quantiles` of ``n_samples`` on ``device``, one tensor per
-    (n, device) for every PN layer: under ``torch.compile`` each distinct tensor is one more graph
-    input with its own guards and checks, paid per layer and step whatever the batch
-    (``benchmarks/compiled_layer_cost.py``, docs/PERFORMANCE.md). A layer that needs other
-    quantiles gets its own tensor by assignment (``layer.quantiles = q``); editing the shared one
-    in place would edit every layer's. The entry is recomputed and compared on every call (at
-    construction and ``.to()`` only), so a new layer never receives an edited tensor. Only plain
-    tensors with data are shared: a layer built on the meta device, under a fake-tensor mode or
-    in inference mode gets its own (an inference tensor could not be saved for backward)."""
-    q = proxy_quantiles(n_samples, device=device)
-    if type(q) is not Tensor or q.is_meta or q.is_inference():
-        return q
-    key = (n_samples, q.device)
-    shared = _SHARED_QUANTILES.get(key)
-    if shared is None or not torch.equal(shared, q):
-        _SHARED_QUANTILES[key] = shared = q
-    return shared
-
-
-def proxy_moments(
-    weight: Tensor,
-    bias: Tensor,
-    proxy_weight: Tensor | None,
-    proxy_bias: Tensor | None,
-    act: Activation,
-    quantiles: Tensor,
-) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and population variance of ``φ(γ Y~ + β)``, ``Y~ ~ N(β~, (1 + γ~)²)``.
-
-    Computed in at least float32 (float64 parameters give float64 moments), whatever the dtype of
-    the activations, so that PN statistics stay accurate under mixed precision.
-
-    Args:
-        weight, bias: γ and β, shape (C,).
-        proxy_weight, proxy_bias: γ~ and β~, shape (C,), or ``None`` for zero.
-        act: the activation φ (name or callable).
-        quantiles: the standard-normal quantiles, shape (n,).
-
-    Returns:
-        ``(mean, var)``, each of shape (C,).
-    """
-    dtype = torch.promote_types(weight.dtype, torch.float32)
-    q = quantiles.to(dtype).unsqueeze(0)  # (1, n)
-    if proxy_weight is not None:
-        q = q * (1.0 + proxy_weight.to(dtype)).unsqueeze(1)
-    if proxy_bias is not None:
-        q = q + proxy_bias.to(dtype).unsqueeze(1)
-    z = resolve_act(act)(
-        torch.addcmul(bias.to(dtype).unsqueeze(1), q, weight.to(dtype).unsqueeze(1))
-    )
-    var, mean = torch.var_mean(z, dim=1, correction=0)
-    return mean, var
-
-
-def proxy_norm_act(
-    y: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    proxy_weight: Tensor | None = None,
-    proxy_bias: Tensor | None = None,
-    act: Activation = "relu",
-    eps: float = 0.03,
-    n_samples: int = 256,
-    scale: bool = True,
-    quantiles: Tensor | None = None,
-) -> Tensor:
-    """Proxy-normalized activation step, Eq. (7). See :class:`ProxyNormAct`.
-
-    Args:
-        y: normalized pre-activations, (N, C) or (N, C, H, W).
-        weight, bias: γ, β of shape (C,).
-        proxy_weight, proxy_bias: γ~, β~ of shape (C,), or ``None`` (zero: Y~ ~ N(0, 1)).
-        act: activation φ by name or callable.
-        eps: PN's stability constant (0.03 in the paper).
-        n_samples: number of proxy quantiles (ignored when ``quantiles`` is given).
-        scale: divide by the proxy std; ``False`` only subtracts the proxy mean.
-        quantiles: precomputed :func:`proxy_quantiles` (modules pass their buffer).
-
-    Returns:
-        A tensor of the shape and dtype of ``y``.
-    """
-    if quantiles is None:
-        check_positive("eps", eps)
-        quantiles = proxy_quantiles(n_samples, device=y.device)
-    fn = resolve_act(act)
-    mean, var = proxy_moments(weight, bias, proxy_weight, proxy_bias, fn, quantiles)
-    shape = (-1,) + (1,) * (y.dim() - 2)
-    z = fn(torch.addcmul(bias.to(y.dtype).view(shape), y, weight.to(y.dtype).view(shape)))
-    if not scale:
-        return z - mean.to(y.dtype).view(shape)
-    inv_std = torch.rsqrt(var + eps)
-    return torch.addcmul(
-        (-mean * inv_std).to(y.dtype).view(shape), z, inv_std.to(y.dtype).view(shape)
-    )
 
 
 class ProxyNormAct(nn.Module):
@@ -177,7 +43,7 @@ class ProxyNormAct(nn.Module):
         scale: divide by the proxy std. ``False`` subtracts the proxy mean only (the paper's
             setting for the step just before final global pooling).
         fused: run the input-sized work in one ``autograd.Function`` that saves only its input
-            and recomputes the rest in backward (:mod:`proxynorm.layers.fused_proxy_norm`), for
+            and recomputes the rest in backward (:mod:`proxynorm.layers.pn.fused`), for
             every activation of the registry; ``False`` (or a callable the registry does not
             know) runs the reference composition of PyTorch ops. Both give the same values and
             gradients.
@@ -233,7 +99,7 @@ class ProxyNormAct(nn.Module):
             self.register_parameter("proxy_weight", None)
             self.register_parameter("proxy_bias", None)
         self.register_buffer(
-            "quantiles", _shared_quantiles(n_samples, device=device), persistent=False
+            "quantiles", shared_quantiles(n_samples, device=device), persistent=False
         )
         self.reset_parameters()
 
@@ -248,7 +114,7 @@ class ProxyNormAct(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         # ``.half()`` / ``.to(dtype)`` would round the quantiles; keep them exact in float64.
         super()._apply(fn, *args, **kwargs)
-        self.quantiles = _shared_quantiles(self.n_samples, device=self.quantiles.device)
+        self.quantiles = shared_quantiles(self.n_samples, device=self.quantiles.device)
         return self
 
     def proxy_moments(self) -> tuple[Tensor, Tensor]:
@@ -268,7 +134,7 @@ class ProxyNormAct(nn.Module):
 
     def pn_args(self) -> tuple:
         """``(γ, β, γ~, β~, quantiles, act, eps, scale)``: the arguments of
-        :func:`~proxynorm.layers.fused_proxy_norm.fused_proxy_norm_act` and ``proxy_statistics``."""
+        :func:`~proxynorm.layers.pn.fused.fused_proxy_norm_act` and ``proxy_statistics``."""
         return (
             self.weight,
             self.bias,
@@ -289,7 +155,7 @@ class ProxyNormAct(nn.Module):
         steps, ``.to(dtype)``), plus the quantiles, φ, eps and ``scale``: correct by
         construction, where version counters miss ``.data`` edits.
         """
-        if self.training or _compiling() or torch.jit.is_tracing():
+        if self.training or kernels.compiling() or torch.jit.is_tracing():
             return None
         params = [self.weight, self.bias, self.proxy_weight, self.proxy_bias]
         params = [p for p in params if p is not None]

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from proxynorm.folding import fold
+from proxynorm.conversion.fold import fold
 
 FORMATS = ("onnx", "torchscript")
 
@@ -54,7 +54,7 @@ def export_model(
                 import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
             except ImportError as err:
                 raise ImportError(
-                    f"ONNX export needs {err.name}: pip install -e \".[export]\" (onnx, "
+                    f'ONNX export needs {err.name}: pip install -e ".[export]" (onnx, '
                     "onnxruntime, onnxscript)"
                 ) from None
 

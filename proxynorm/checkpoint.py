@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from proxynorm._io import atomic_target
+from proxynorm.files import atomic_target
 from proxynorm.models.registry import create_model
 
 
@@ -52,7 +52,7 @@ def load_model(path: str | Path) -> nn.Module:
         raise ValueError(f"{path} is not a proxynorm checkpoint (needs 'config' and 'model')")
     config = ckpt["config"]
     if "convert" in config:  # a converted (and maybe calibrated) model
-        from proxynorm.conversion import rebuild
+        from proxynorm.conversion.source import rebuild
 
         model = rebuild(config)
     else:

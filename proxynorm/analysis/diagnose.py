@@ -1,6 +1,6 @@
-"""``proxynorm.diagnose``: what normalization is doing inside any CNN.
+"""``proxynorm.analysis.diagnose``: what normalization is doing inside any CNN.
 
-The analysis of Labatie et al., NeurIPS 2021 (§3-§4; ``SPEC.md`` §3-§4), applied to the model a
+The analysis of Labatie et al., NeurIPS 2021 (§3-§4; docs/METHOD.md §3-§4), applied to the model a
 user has: for every normalization layer, in the order the forward pass runs them,
 
 * the four-term **power decomposition** of its normalized pre-activations ``y`` (before the
@@ -73,7 +73,7 @@ class _Acc:
 def _kind(m: nn.Module) -> str | None:
     """What kind of normalization ``m`` is (``bn``, ``frozen bn``, ``gn``, ``ln``, ``in``,
     ``ln2d``, with ``+pn`` for proxy-normalized steps), or ``None``."""
-    from proxynorm.conversion import is_bn_like
+    from proxynorm.conversion.fx import is_bn_like
 
     if isinstance(m, NormAct):
         if isinstance(m.norm, BatchNormStep):
@@ -112,10 +112,10 @@ def _following_acts(model: nn.Module, layers: list[tuple[str, nn.Module]]) -> di
     when the model cannot be traced)."""
     from torch import fx
 
-    from proxynorm.conversion import _activation, _holders, _Tracer
+    from proxynorm.conversion.fx import HolderTracer, activation_of, bn_holders
 
     try:
-        graph = _Tracer(_holders(model)).trace(model)
+        graph = HolderTracer(bn_holders(model)).trace(model)
     except Exception:
         return {}
     modules = dict(model.named_modules())
@@ -125,7 +125,7 @@ def _following_acts(model: nn.Module, layers: list[tuple[str, nn.Module]]) -> di
         if node.op == "call_module" and node.target in names:
             users = list(node.users)
             if len(users) == 1 and isinstance(users[0], fx.Node):
-                act = _activation(users[0], modules)
+                act = activation_of(users[0], modules)
                 if act is not None:
                     found[node.target] = act
     return found

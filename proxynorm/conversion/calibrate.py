@@ -242,7 +242,7 @@ def _consumers(gm: fx.GraphModule, layers: list[str]) -> list[tuple[str, list[st
     """The converted norm-act layers in graph order, each with the ``Conv2d``/``Linear`` modules
     that read its output (through pooling, flatten, dropout, identity); none for layers without
     activation (their output feeds adds)."""
-    from proxynorm.folding import passes_shift
+    from proxynorm.conversion.fold import passes_shift
 
     modules = dict(gm.named_modules())
     wanted = set(layers)

@@ -2,8 +2,9 @@
 
 For each norm spec it measures, at the last layer of a deep random net, the share of the power of
 the normalized pre-activations ``y`` carried by channel means (the "dataset scale" term (1) of the
-power decomposition, SPEC §3: ~0 for BN, growing toward 1 with depth for LN — Theorem 1 —, kept
-small by PN), and whether the output of one sample changes when the rest of the batch does.
+power decomposition, docs/METHOD.md §3: ~0 for BN, growing toward 1 with depth for LN —
+Theorem 1 —, kept small by PN), and whether the output of one sample changes when the rest of
+the batch does.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 :func:`fold` returns an eval-mode copy of a model in which every
 :class:`~proxynorm.layers.ProxyNormAct` is replaced by its fixed per-channel form
-:class:`~proxynorm.layers.folded_proxy_norm.FoldedProxyAct` (``φ(a y + b) · s + t``; with ReLU the
+:class:`~proxynorm.layers.pn.folded.FoldedProxyAct` (``φ(a y + b) · s + t``; with ReLU the
 scale is inside the affine, which the norm's native kernel applies). Where the graph allows (the
 layer's output reaches a ``Linear`` or an unpadded ``Conv2d`` only through average pooling,
 flatten or dropout), the shift ``t`` is folded into that layer's bias as well.
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from proxynorm.layers import NormAct, ProxyNormAct
-from proxynorm.layers.folded_proxy_norm import FoldedProxyAct
+from proxynorm.layers.pn.folded import FoldedProxyAct
 
 # Ops through which a per-channel constant shift passes unchanged (eval mode).
 _PASS_MODULES = (nn.AdaptiveAvgPool2d, nn.Dropout, nn.Flatten, nn.Identity)

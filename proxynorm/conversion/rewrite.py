@@ -36,8 +36,9 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from proxynorm.layers import BatchNormAct2d, NormAct, norm_act, parse_spec
-from proxynorm.layers.activation import Act, act_from_call, get_act
+from proxynorm.conversion.fx import activation_of, is_bn_like, trace_holders
+from proxynorm.layers import BatchNormAct2d, norm_act, parse_spec
+from proxynorm.layers.activation import get_act
 
 
 @dataclass
@@ -74,65 +75,12 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def is_bn_like(m: nn.Module) -> bool:
-    """A BatchNorm, or a frozen BN-like module: no children, and 1-D tensors ``weight``,
-    ``bias``, ``running_mean``, ``running_var`` of one length (torchvision's and detectron2's
-    ``FrozenBatchNorm2d``; this package's norm-act layers are not BN-like)."""
-    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-        return True
-    if isinstance(m, NormAct) or any(True for _ in m.children()):
-        return False
-    tensors = [getattr(m, k, None) for k in ("weight", "bias", "running_mean", "running_var")]
-    return all(isinstance(t, Tensor) and t.dim() == 1 for t in tensors) and (
-        len({t.numel() for t in tensors}) == 1
-    )
-
-
-class _Tracer(fx.Tracer):
-    """Traces only into modules that hold a BatchNorm (to pair each BN with its activation);
-    every other module, this package's norm-act layers and BN-like modules are leaves."""
-
-    def __init__(self, holders: set[nn.Module]) -> None:
-        super().__init__()
-        self.holders = holders  # modules with a BN-like module below them
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, NormAct) or is_bn_like(m):
-            return True
-        return m not in self.holders or super().is_leaf_module(m, qualname)
-
-
-def _holders(model: nn.Module) -> set[nn.Module]:
-    holders: set[nn.Module] = set()
-
-    def visit(m: nn.Module) -> bool:
-        below = [visit(c) for c in m.children()]  # visit every child
-        holds = any(below) or (m is not model and (is_bn_like(m) or isinstance(m, BatchNormAct2d)))
-        if any(below):
-            holders.add(m)
-        return holds
-
-    visit(model)
-    holders.add(model)
-    return holders
-
-
 class TrainingFlag(nn.Module):
     """Returns its own ``training`` flag, which ``.train()``/``.eval()`` of its parent set: the
     converted graph's run-time view of a module's mode."""
 
     def forward(self) -> bool:
         return self.training
-
-
-def _trace(model: nn.Module, training: bool) -> fx.Graph:
-    modes = {m: m.training for m in model.modules()}
-    model.train(training)
-    try:
-        return _Tracer(_holders(model)).trace(model)
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
 
 
 def _owner(node: fx.Node) -> str:
@@ -194,18 +142,6 @@ def _follow_mode(gm: fx.GraphModule, diffs: list[tuple[fx.Node, Any]], report) -
         report.mode_dependent.append(f"{node.name} ({name} in {owner or 'the model'})")
 
 
-def _activation(node: fx.Node, modules: dict[str, nn.Module]) -> Act | nn.Module | None:
-    """The activation ``node`` applies to its first argument (a canonical :class:`Act`, or an
-    activation module the registry does not know), else ``None``."""
-    if node.op == "call_module":
-        act = get_act(modules[node.target])  # known classes, or a stateless module's values
-        return None if act is None or act.name == "identity" else act
-    if node.op in ("call_function", "call_method") and node.args:
-        act = act_from_call(node.target, node.args, node.kwargs, node.op == "call_method")
-        return None if act is None or act.name == "identity" else act
-    return None
-
-
 def _set_module(root: nn.Module, target: str, module: nn.Module) -> None:
     parent, _, name = target.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, name, module)
@@ -261,7 +197,7 @@ def convert(
         calibrate: input batches (a tensor, or an iterable of tensors or ``(x, y)`` pairs): set
             the converted layers' parameters, and refit the convolutions that read them, so that
             the converted model reproduces ``model``'s activations in eval mode
-            (:mod:`proxynorm.calibration`; the fit is in ``report.calibration``).
+            (:mod:`proxynorm.conversion.calibrate`; the fit is in ``report.calibration``).
         **norm_kwargs: other options of the norm-act layers (``proxy_eps``, ``n_samples``...).
 
     Returns:
@@ -286,8 +222,8 @@ def convert(
         if value is not None and bad:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     model = copy.deepcopy(model)
-    graph = _trace(model, training=True)
-    diffs = _mode_differences(graph, _trace(model, training=False))
+    graph = trace_holders(model, training=True)
+    diffs = _mode_differences(graph, trace_holders(model, training=False))
     gm = fx.GraphModule(model, graph, type(model).__name__)
     copied = dict(gm.named_modules())
     for name, m in model.named_modules():  # containers copied by fx take their module's mode
@@ -340,7 +276,7 @@ def convert(
             last, users = node, list(node.users)
             while len(users) == 1 and _is_identity(users[0], modules):
                 last, users = users[0], list(users[0].users)
-            found = _activation(users[0], modules) if len(users) == 1 else None
+            found = activation_of(users[0], modules) if len(users) == 1 else None
             if found is not None and users[0].args[0] is last:
                 replace(node.target, m, act or found)
                 users[0].replace_all_uses_with(last)
@@ -365,7 +301,7 @@ def convert(
                 "calibrate: nothing was converted (the model has no BatchNorm or frozen BN), so "
                 "there is nothing to calibrate"
             )
-        from proxynorm.calibration import calibrate as run_calibration
+        from proxynorm.conversion.calibrate import calibrate as run_calibration
 
         report.calibration = run_calibration(gm, original, report.converted, calibrate)
         if hasattr(gm, "config"):
@@ -373,41 +309,9 @@ def convert(
     return gm, report
 
 
-def build_source(source: dict[str, Any]) -> nn.Module:
-    """The model a conversion started from: ``{"torchvision": name, "kwargs": {...}}``,
-    ``{"timm": name, "kwargs": {...}}`` or :func:`proxynorm.models.create_model` arguments."""
-    kwargs = source.get("kwargs", {})
-    if "torchvision" in source:
-        import torchvision
-
-        return torchvision.models.get_model(source["torchvision"], weights=None, **kwargs)
-    if "timm" in source:
-        import timm
-
-        return timm.create_model(source["timm"], pretrained=False, **kwargs)
-    from proxynorm.models import create_model
-
-    return create_model(**source)
-
-
-def rebuild(config: dict[str, Any]) -> fx.GraphModule:
-    """The architecture of a converted model from its ``config`` (as saved by
-    :func:`proxynorm.models.save_model`): the source model converted again, with the biases that
-    calibration added, ready for ``load_state_dict``."""
-    source = build_source(config["source"])
-    settings = {k: v for k, v in config["convert"].items() if v is not None}
-    gm, _ = convert(source, **settings)
-    for name in config.get("biased", []):
-        conv = gm.get_submodule(name)
-        conv.bias = nn.Parameter(torch.zeros(conv.out_channels if hasattr(conv, "out_channels")
-                                             else conv.out_features))  # fmt: skip
-    gm.config = config
-    return gm
-
-
 def _report_left(gm: fx.GraphModule, modules: dict[str, nn.Module], report) -> None:
     for node in gm.graph.nodes:
-        found = _activation(node, modules)
+        found = activation_of(node, modules)
         if found is not None:
             src = node.args[0] if node.args else None
             what = _describe([src], modules) if isinstance(src, fx.Node) else "?"
