@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import proxynorm
+import proxynorm.environment
 from proxynorm.environment import environment, source_commit
 
 
@@ -33,5 +34,5 @@ def test_source_commit_is_the_checkout_head_or_none():
 def test_source_commit_outside_a_checkout_is_none(monkeypatch, tmp_path):
     package = tmp_path / "proxynorm"
     package.mkdir()
-    monkeypatch.setattr(proxynorm, "__file__", str(package / "__init__.py"))
+    monkeypatch.setattr(proxynorm.environment, "__file__", str(package / "environment.py"))
     assert source_commit() is None

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"
 )
 ROOT = Path(__file__).resolve().parents[2]
-RUN_FILES = {"checkpoint.pt", "config.json", "final.json", "metrics.jsonl"}
+RUN_FILES = {"checkpoint.pt", "config.json", "final.json", "history.jsonl", "metrics.jsonl"}
 
 
 def command(args: list[str], nproc: int, module: str = "proxynorm.cli") -> list[str]:
