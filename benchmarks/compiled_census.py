@@ -22,17 +22,14 @@ without timing. Counts depend on the torch version; the output code is read, nev
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch._inductor.utils import run_and_get_code
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from proxynorm.bench import bench_model_arg, named_model, write_script_json  # noqa: E402
-from proxynorm.layers import NormAct  # noqa: E402
+from proxynorm.bench import bench_model_arg, named_model, write_script_json
+from proxynorm.layers import NormAct
 
 #: row: regular expression counted in the wrapper's ``call`` body
 _PATTERNS = {

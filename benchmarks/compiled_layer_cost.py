@@ -35,16 +35,13 @@ same code came out 3-4 % slower (× GN+ReLU, resnet20-b1) timed second than time
 import argparse
 import ast
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from proxynorm.bench import (  # noqa: E402
+from proxynorm.bench import (
     Variant,
     bench_model_arg,
     fresh_compile_caches,
@@ -53,8 +50,8 @@ from proxynorm.bench import (  # noqa: E402
     time_rounds,
     write_script_json,
 )
-from proxynorm.layers import ProxyNormAct, norm_act, proxy_quantiles  # noqa: E402
-from proxynorm.layers.pn import stats  # noqa: E402 (its COMPILED_PROXY switch)
+from proxynorm.layers import ProxyNormAct, norm_act, proxy_quantiles
+from proxynorm.layers.pn import stats  # its COMPILED_PROXY switch
 
 
 def _own_quantiles(model: nn.Module) -> nn.Module:

@@ -22,11 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from proxynorm import convert  # noqa: E402
-from proxynorm.bench import median_ratio, saved_bytes  # noqa: E402
-from proxynorm.environment import environment  # noqa: E402
+from proxynorm import convert
+from proxynorm.bench import median_ratio, saved_bytes
+from proxynorm.environment import environment
 
 
 def inverted_residual_net(act: nn.Module, width: int = 32, blocks: int = 6) -> nn.Module:

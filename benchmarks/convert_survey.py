@@ -24,11 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from proxynorm import convert, fold  # noqa: E402
-from proxynorm.conversion import TrainingFlag, is_bn_like  # noqa: E402
-from proxynorm.layers import ProxyNormAct  # noqa: E402
+from proxynorm import convert, fold
+from proxynorm.conversion import TrainingFlag, is_bn_like
+from proxynorm.layers import ProxyNormAct
 
 
 def candidates():

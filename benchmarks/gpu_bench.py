@@ -24,10 +24,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from proxynorm.bench import bench_models, markdown  # noqa: E402
-from proxynorm.environment import environment  # noqa: E402
+from proxynorm.bench import bench_models, markdown
+from proxynorm.environment import environment
 
 # (model, batch, size, channels_last, compiled)
 TABLES = [

@@ -20,15 +20,12 @@ SGD as the CIFAR recipe: momentum 0.9, weight decay 1e-4 on every parameter.
 
 import argparse
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from proxynorm.bench import (  # noqa: E402
+from proxynorm.bench import (
     Variant,
     bench_model_arg,
     fresh_compile_caches,
@@ -37,7 +34,7 @@ from proxynorm.bench import (  # noqa: E402
     time_rounds,
     write_script_json,
 )
-from proxynorm.train.optim import fused_sgd_available, weight_decay_groups  # noqa: E402
+from proxynorm.train.optim import fused_sgd_available, weight_decay_groups
 
 NORMS = {"GN+ReLU": "gn", "GN+PN": "gn+pn"}
 IMPLS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}

@@ -12,15 +12,11 @@ grows with the C × n proxy values from the part that does not.
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from proxynorm.layers import norm_act  # noqa: E402
+from proxynorm.layers import norm_act
 
 SHAPES = ((1, 8, 2, 2), (2, 64, 8, 8), (8, 16, 32, 32), (8, 64, 8, 8))
 
