@@ -173,8 +173,8 @@ def main() -> None:
         'per device. `proxynorm.convert(model, "gn+pn", calibrate=batches)` swaps every BN for '
         "GN+PN and, from a few batches of real inputs, sets the new layers so that the converted "
         "model computes what the BN model computed (the method and its math: "
-        "`proxynorm/calibration.py`); then fine-tune it at any per-device batch, with no batch "
-        "dependence left.",
+        "`proxynorm/conversion/calibrate.py`); then fine-tune it at any per-device batch, with no "
+        "batch dependence left.",
         "",
         "```python",
         "import proxynorm",
@@ -192,7 +192,7 @@ def main() -> None:
         "--data-dir ../shared/data/cifar10-jpeg.zip --calibrate 2048 --evaluate --out gnpn.pt",
         "```",
         "",
-        'The result loads with `proxynorm.models.load_model("gnpn.pt")`.',
+        'The result loads with `proxynorm.checkpoint.load_model("gnpn.pt")`.',
         "",
     ]
     if conv:
@@ -275,7 +275,8 @@ def main() -> None:
         "",
         "The base model is trained by `proxynorm train --model resnet20 --norm bn --data cifar10 "
         "--data-dir ../shared/data/cifar10-jpeg.zip --recipe cifar --subset 10000 --epochs 20 "
-        "--channels-last --batch-size 128 --seed 0` (its `final.json` and metrics are committed; "
+        "--channels-last --batch-size 128 --seed 0 --out experiments/results/conversion/base_bn` "
+        "(its `final.json` and metrics are committed; "
         "the checkpoint is not, and the script retrains it when missing).",
         "",
     ]

@@ -29,3 +29,9 @@ def atomic_target(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def refuse_overwrite(path: str | Path, force: bool) -> None:
+    """Raise ``FileExistsError`` when ``path`` exists, unless ``force``."""
+    if Path(path).exists() and not force:
+        raise FileExistsError(f"{path} exists; pass --force to overwrite it")

@@ -32,14 +32,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from proxynorm.analysis.power import TERM_NAMES
+from proxynorm.analysis.norm_layers import kind, norm_layers, standardized
+from proxynorm.analysis.power import TERM_NAMES, PowerDecomposition
+from proxynorm.analysis.theory import nonlinearity
 from proxynorm.layers import NormAct
 from proxynorm.layers.activation import Act, get_act
-from proxynorm.layers.batch_norm import BatchNormStep
 
 # Thresholds of the findings (each finding quotes the number it rests on).
 COLLAPSE = 0.5  # term (1) share above this: channel-wise collapse
@@ -70,43 +70,6 @@ class _Acc:
         self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
 
 
-def _kind(m: nn.Module) -> str | None:
-    """What kind of normalization ``m`` is (``bn``, ``frozen bn``, ``gn``, ``ln``, ``in``,
-    ``ln2d``, with ``+pn`` for proxy-normalized steps), or ``None``."""
-    from proxynorm.conversion.fx import is_bn_like
-
-    if isinstance(m, NormAct):
-        if isinstance(m.norm, BatchNormStep):
-            base = "bn"
-        else:
-            g, c = getattr(m.norm, "groups", 0), m.num_features
-            base = "ln" if g == 1 else "in" if g == c else "gn"
-        return base + ("+pn" if m.proxy else "")
-    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-        return "bn"
-    if is_bn_like(m):
-        return "frozen bn"
-    if isinstance(m, nn.GroupNorm):
-        return "ln" if m.num_groups == 1 else "in" if m.num_groups == m.num_channels else "gn"
-    if isinstance(m, nn.InstanceNorm2d):
-        return "in"
-    if type(m).__name__ == "LayerNorm2d":  # timm's channels-first LayerNorm over C
-        return "ln2d"
-    return None
-
-
-def norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every normalization layer of ``model`` (outermost: a norm-act layer, not its norm step)."""
-    found, skip = [], set()
-    for name, m in model.named_modules():
-        if id(m) in skip:
-            continue
-        if _kind(m) is not None:
-            found.append((name, m))
-            skip.update(id(c) for c in m.modules())
-    return found
-
-
 def _following_acts(model: nn.Module, layers: list[tuple[str, nn.Module]]) -> dict[str, Any]:
     """The activation applied right after each plain norm layer (from the traced graph; empty
     when the model cannot be traced)."""
@@ -129,26 +92,6 @@ def _following_acts(model: nn.Module, layers: list[tuple[str, nn.Module]]) -> di
                 if act is not None:
                     found[node.target] = act
     return found
-
-
-def _standardize(m: nn.Module, x: Tensor, batch_stats: bool) -> Tensor:
-    """``y``: the layer's input standardized as the layer does it, without its affine."""
-    x = x.double()
-    dims = [0, *range(2, x.dim())]
-    if isinstance(m, nn.GroupNorm):
-        return F.group_norm(x, m.num_groups, None, None, m.eps)
-    if isinstance(m, nn.InstanceNorm2d):
-        return F.instance_norm(x, eps=m.eps)
-    if type(m).__name__ == "LayerNorm2d":
-        var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)
-        return (x - mean) / torch.sqrt(var + m.eps)
-    eps = getattr(m, "eps", 1e-5)
-    if batch_stats or getattr(m, "running_mean", None) is None:
-        var, mean = torch.var_mean(x, dim=dims, keepdim=True, correction=0)
-    else:
-        shape = (1, -1, *[1] * (x.dim() - 2))
-        mean, var = m.running_mean.double().view(shape), m.running_var.double().view(shape)
-    return (x - mean) / torch.sqrt(var + eps)
 
 
 def _affine(m: nn.Module) -> tuple[Tensor | None, Tensor | None]:
@@ -234,7 +177,7 @@ def _hooks(model, layers, accs, batch_stats: bool, follow: dict) -> list:
 
             def on_out(mod, args, out, acc=acc, name=name):
                 x = args[0].detach()
-                y = _standardize(mod, x, batch_stats or mod.training)
+                y = standardized(mod, x.double(), batch_stats or mod.training)
                 act = follow.get(name)
                 inner = getattr(mod, "act", None)  # timm's norm-act layers: act inside
                 if isinstance(inner, nn.Module) and not isinstance(inner, nn.Identity):
@@ -269,15 +212,10 @@ def _batches(inputs) -> list[Tensor] | Iterable:
 
 def _summarize(name: str, m: nn.Module, acc: _Acc) -> dict[str, Any]:
     s, n, c = acc.sums, acc.n, int(acc.sums["y2"].numel())
-    m1 = s["mean_a"] / n
-    terms = torch.stack([
-        m1.square(),
-        (s["mean_a2"] / n - m1.square()).clamp_min(0),
-        (s["std_a"] / n).square(),
-        (s["std_a2"] / n - (s["std_a"] / n).square()).clamp_min(0),
-    ]).mean(1)  # fmt: skip
-    power = float((s["y2"] / n).mean())
-    props = (terms / max(power, 1e-300)).tolist()
+    m1, s1 = s["mean_a"] / n, s["std_a"] / n
+    decomposition = PowerDecomposition.from_moments(
+        m1, s["mean_a2"] / n - m1.square(), s1, s["std_a2"] / n - s1.square(), s["y2"] / n
+    )
     pos = acc.positions
     chan_power = s["z2"] / pos
     mean_z = s["z"] / pos
@@ -292,8 +230,8 @@ def _summarize(name: str, m: nn.Module, acc: _Acc) -> dict[str, Any]:
         "name": name,
         "kind": acc.kind,
         "channels": c,
-        "proportions": dict(zip(TERM_NAMES, props, strict=True)),
-        "layer_power": power,
+        "proportions": dict(zip(TERM_NAMES, decomposition.proportions.tolist(), strict=True)),
+        "layer_power": decomposition.layer_power,
         "nonlinearity": None,
         "dead_fraction": None,
         "imbalance": float(chan_power.max() / chan_power.mean().clamp_min(1e-300)),
@@ -309,10 +247,7 @@ def _summarize(name: str, m: nn.Module, acc: _Acc) -> dict[str, Any]:
         var_y = (s["ly2"] / pos - my.square()).clamp_min(0)
         var_z = (s["lz2"] / pos - mz.square()).clamp_min(0)
         cov_yz = s["lyz"] / pos - my * mz
-        tiny = 1e-20 * torch.maximum(s["ly2"], s["lz2"]) / pos + 1e-24
-        degenerate = (var_y <= tiny) | (var_z <= tiny)
-        r2 = cov_yz.square() / torch.where(degenerate, torch.ones_like(var_y), var_y * var_z)
-        ratio = torch.where(degenerate, torch.zeros_like(r2), (1 - r2).clamp_min(0))
+        ratio = nonlinearity(var_y, var_z, cov_yz, s["ly2"] / pos, s["lz2"] / pos)
         row["nonlinearity"] = float(ratio.mean())
     if "dead" in s:
         row["dead_fraction"] = float((s["dead"] / pos >= 0.99).double().mean())
@@ -424,7 +359,7 @@ def diagnose(
             work.get_submodule(name).train()
     layers = norm_layers(work)
     follow = _following_acts(work, layers)
-    accs = {n: _Acc(_kind(m) or "?", _act_of(m, follow, n)) for n, m in layers}
+    accs = {n: _Acc(kind(m) or "?", _act_of(m, follow, n)) for n, m in layers}
     handles = _hooks(work, layers, accs, mode == "train", follow)
     first, images = None, 0
     try:
@@ -518,103 +453,4 @@ def findings(diag: Diagnosis) -> list[str]:
     return out
 
 
-def recommendation(diag: Diagnosis) -> str:
-    """What to do, from the findings' numbers."""
-    kinds = {r["kind"] for r in diag.layers}
-    collapse = any(r["proportions"][TERM_NAMES[0]] > COLLAPSE for r in diag.layers)
-    dependent = any((r["batch_dependence"] or 0) > BATCH_DEPENDENT for r in diag.layers)
-    if dependent and any(k.startswith("bn") for k in kinds):
-        return (
-            "BatchNorm makes this model batch dependent: at small per-device batches convert "
-            "it with proxynorm.convert(model, 'gn+pn', calibrate=batches) and fine-tune."
-        )
-    if collapse and not any("+pn" in k for k in kinds):
-        return (
-            "Channel-wise collapse under a batch-independent norm: add proxy normalization "
-            "(GN+PN / LN+PN), which keeps term (1) small without batch dependence."
-        )
-    return "No change needed on these numbers."
-
-
-def _fmt(v, spec=".3f") -> str:
-    return "–" if v is None else format(v, spec)
-
-
-def markdown(diag: Diagnosis, title: str, other: tuple[str, Diagnosis] | None = None) -> str:
-    """``report.md``: findings, recommendation, and one row per layer (two side by side with
-    ``other``)."""
-    lines = [f"# Diagnosis: {title}", ""]
-    if diag.note:
-        lines += [f"**{diag.note}**", ""]
-    lines += [
-        f"{diag.images} images, {diag.mode} mode. Whole-model batch dependence (relative change "
-        "of one sample's output when its batch mates change): "
-        f"{_fmt(diag.model_batch_dependence)}.",
-        "",
-        "## Findings",
-        "",
-        *[f"- {f}" for f in diag.findings],
-        "",
-        f"**Recommendation.** {recommendation(diag)}",
-        "",
-    ]
-    diags = [(title, diag)] + ([other] if other else [])
-    for label, d in diags:
-        lines += [
-            f"## Layers: {label}",
-            "",
-            "| # | layer | kind | (1) ch. mean | (2) inst. means | (3) inst. stds | (4) std var "
-            "| nonlin. | dead | imbalance | eff. rank | batch dep. |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for i, r in enumerate(d.layers, 1):
-            p = [r["proportions"][k] for k in TERM_NAMES]
-            lines.append(
-                f"| {i} | {r['name']} | {r['kind']} | {p[0]:.3f} | {p[1]:.3f} | {p[2]:.3f} | "
-                f"{p[3]:.3f} | {_fmt(r['nonlinearity'])} | {_fmt(r['dead_fraction'], '.0%')} | "
-                f"{r['imbalance']:.1f} | {r['effective_rank']:.1f}/{r['rank_channels']} | "
-                f"{_fmt(r['batch_dependence'], '.2g')} |"
-            )
-        if other is not None and d is other[1]:
-            lines += ["", "Findings:", "", *[f"- {f}" for f in d.findings]]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def plot(diags: dict[str, Diagnosis], out) -> list[str]:
-    """``power.png`` (the four terms against depth, one panel per model), ``dead.png`` and
-    ``nonlinearity.png`` (against depth, one line per model). Returns the file names."""
-    from pathlib import Path
-
-    from proxynorm.analysis.plots import plot_power_panels, plt
-
-    out = Path(out)
-    import textwrap
-
-    panels = {
-        textwrap.fill(label, 28, break_long_words=True): torch.tensor(
-            [[[r["proportions"][k] for k in TERM_NAMES] for r in d.layers]]
-        )
-        for label, d in diags.items()
-    }
-    plot_power_panels(panels, out / "power.png", cols=2)
-    for key, name, ylabel in (
-        ("dead_fraction", "dead.png", "dead channels (fraction)"),
-        ("nonlinearity", "nonlinearity.png", "nonlinearity ratio NL"),
-    ):
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-        for label, d in diags.items():
-            pts = [(i, r[key]) for i, r in enumerate(d.layers, 1) if r[key] is not None]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), marker=".", label=label)
-        ax.set_xlabel("normalization layer (forward order)")
-        ax.set_ylabel(ylabel)
-        ax.set_ylim(bottom=0)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-    return ["power.png", "dead.png", "nonlinearity.png"]
-
-
-__all__ = ["Diagnosis", "diagnose", "findings", "markdown", "norm_layers", "plot", "recommendation"]
+__all__ = ["Diagnosis", "diagnose", "findings", "norm_layers"]

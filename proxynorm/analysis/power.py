@@ -33,6 +33,18 @@ class PowerDecomposition:
     terms: Tensor
     power: Tensor
 
+    @classmethod
+    def from_moments(
+        cls, mean_of_means: Tensor, var_of_means: Tensor, mean_of_stds: Tensor,
+        var_of_stds: Tensor, power: Tensor,
+    ) -> PowerDecomposition:  # fmt: skip
+        """Eq. (5) from the per-channel moments over instances of the instance means μ_α(y_c)
+        and instance stds σ_α(y_c), and E[y_c²]: the one place the four terms are assembled
+        (:func:`power_decomposition` and ``diagnose``'s streamed sums both come here)."""
+        terms = torch.stack([mean_of_means.square(), var_of_means.clamp_min(0),
+                             mean_of_stds.square(), var_of_stds.clamp_min(0)])  # fmt: skip
+        return cls(terms=terms, power=power)
+
     @property
     def channel_average(self) -> Tensor:
         """(4,) the terms averaged over channels (the layer-level decomposition)."""
@@ -46,7 +58,7 @@ class PowerDecomposition:
     @property
     def proportions(self) -> Tensor:
         """(4,) the channel-averaged terms divided by the layer power; they sum to 1."""
-        return self.channel_average / self.power.mean()
+        return self.channel_average / self.power.mean().clamp_min(1e-300)
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready: channel averages, proportions and layer power (per-channel terms omitted)."""
@@ -77,5 +89,5 @@ def power_decomposition(y: Tensor) -> PowerDecomposition:
     std_a = var_a.sqrt()
     var_mx, mean_mx = torch.var_mean(mean_a, dim=0, correction=0)
     var_sx, mean_sx = torch.var_mean(std_a, dim=0, correction=0)
-    terms = torch.stack([mean_mx.square(), var_mx, mean_sx.square(), var_sx])
-    return PowerDecomposition(terms=terms, power=y.square().mean(dim=(0, 2, 3)))
+    power = y.square().mean(dim=(0, 2, 3))
+    return PowerDecomposition.from_moments(mean_mx, var_mx, mean_sx, var_sx, power)

@@ -1,8 +1,9 @@
 """Record what each norm-act step sees: y^l (the norm step's output) and z^l (the step's output).
 
-Works on the package's models (``model.norm_act_layers()``) and on plain PyTorch models with
-``nn.BatchNorm2d`` / ``nn.GroupNorm`` layers, for which y is recomputed from the layer's input
-without the affine transform (docs/METHOD.md §3: y is probed *before* γ, β).
+Works on the package's models and on plain PyTorch models, on the layers of
+:func:`proxynorm.analysis.norm_layers.norm_act_steps`; where a layer does not expose y it is
+recomputed from the layer's input without the affine transform (docs/METHOD.md §3: y is probed
+*before* γ, β).
 """
 
 from __future__ import annotations
@@ -11,39 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from proxynorm.layers import EvoNormS0, FilterResponseNormTLU, NormAct
-
-
-def norm_act_steps(model: nn.Module) -> list[nn.Module]:
-    """The norm steps of ``model`` in depth order: its ``norm_act_layers()`` when it has them,
-    else every ``nn.BatchNorm2d``/``nn.GroupNorm`` in registration order."""
-    if hasattr(model, "norm_act_layers"):
-        return list(model.norm_act_layers())
-    return [m for m in model.modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm))]
-
-
-def _standardized(module: nn.Module, x: Tensor) -> Tensor:
-    """y for modules whose forward does not expose it (affine removed, statistics as in forward)."""
-    if isinstance(module, nn.GroupNorm):
-        return F.group_norm(x, module.num_groups, None, None, module.eps)
-    if isinstance(module, nn.BatchNorm2d):
-        use_batch = module.training or module.running_mean is None
-        return F.batch_norm(
-            x,
-            module.running_mean,
-            module.running_var,
-            None,
-            None,
-            training=use_batch,
-            momentum=0.0,
-            eps=module.eps,
-        )
-    if isinstance(module, (EvoNormS0, FilterResponseNormTLU)):
-        return module.standardize(x)
-    raise TypeError(f"cannot probe {type(module).__name__}")
+from proxynorm.analysis.norm_layers import norm_act_steps, standardized
+from proxynorm.layers import NormAct
 
 
 def record_layer_io(
@@ -69,7 +41,7 @@ def record_layer_io(
             pending[i] = out.detach()
 
         def on_input(m, args, i=i):  # y recomputed from the step's input
-            pending[i] = _standardized(m, args[0]).detach()
+            pending[i] = standardized(m, args[0]).detach()
 
         def on_output(m, args, out, i=i):
             results[i] = reduce(pending.pop(i), out.detach())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -16,26 +16,35 @@ from proxynorm.analysis.theory import linearity_ratio
 from proxynorm.models import create_model
 
 
+def _setting(default: Any, minimum: float | None, help: str = "") -> Any:
+    """A field with its lower bound and help beside it (read by ``__post_init__`` and by the
+    command line's flags)."""
+    return field(default=default, metadata={"min": minimum, "help": help})
+
+
 @dataclass(frozen=True)
 class RandomNetConfig:
     """Random-net settings (the paper's Fig. 2 uses width 1024, depth 50, first stride 2)."""
 
-    depth: int = 50
-    width: int = 128
-    act: str = "relu"
-    kernel_size: int = 3
-    gamma_std: float = 0.2
-    beta_std: float = 0.2
-    first_stride: int = 2
-    seed: int = 0
+    depth: int = _setting(50, 1)
+    width: int = _setting(128, 1)
+    act: str = _setting("relu", None, "activation φ (relu, silu, gelu, identity...)")
+    kernel_size: int = _setting(3, 1)
+    gamma_std: float = _setting(0.2, 0, "γ ~ N(1, gamma_std²)")
+    beta_std: float = _setting(0.2, 0, "β ~ N(0, beta_std²)")
+    first_stride: int = _setting(2, 1)
+    seed: int = _setting(0, 0, "seed of realization 0 (and of the inputs)")
+
+    @classmethod
+    def from_namespace(cls, ns: Any) -> RandomNetConfig:
+        """The settings read off an object that has them as attributes (parsed flags)."""
+        return cls(**{f.name: getattr(ns, f.name) for f in fields(cls)})
 
     def __post_init__(self) -> None:
-        for name in ("depth", "width", "kernel_size", "first_stride"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("gamma_std", "beta_std"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for f in fields(self):
+            value, low = getattr(self, f.name), f.metadata["min"]
+            if low is not None and not value >= low:
+                raise ValueError(f"{f.name} must be >= {low}, got {value}")
 
     def build(self, norm: str, realization: int) -> torch.nn.Module:
         """Realization ``r`` of a random net with ``norm``, in train mode (batch statistics)."""

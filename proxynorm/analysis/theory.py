@@ -56,9 +56,21 @@ def linearity_ratio(y: Tensor, z: Tensor, per_channel: bool = False) -> Tensor:
     yc, zc = y - y.mean(1, keepdim=True), z - z.mean(1, keepdim=True)
     var_y, var_z = yc.square().mean(1), zc.square().mean(1)
     cov = (yc * zc).mean(1)
-    # Relative floor: variance at rounding-error level of the values counts as constant.
-    tiny = 1e-24 + 1e-20 * torch.maximum(y.square().mean(1), z.square().mean(1))
-    degenerate = (var_y <= tiny) | (var_z <= tiny)
-    r2 = cov.square() / (var_y * var_z).where(~degenerate, torch.ones_like(var_y))
-    ratio = torch.where(degenerate, torch.zeros_like(r2), (1.0 - r2).clamp_min(0.0))
+    ratio = nonlinearity(var_y, var_z, cov, y.square().mean(1), z.square().mean(1))
     return ratio if per_channel else ratio.mean()
+
+
+def nonlinearity(
+    var_y: Tensor, var_z: Tensor, cov_yz: Tensor, power_y: Tensor, power_z: Tensor
+) -> Tensor:
+    """Per-channel ``NL_c = 1 − corr(y_c, z_c)²`` from the channels' variances, covariance and
+    powers E[y_c²], E[z_c²]: the one place the ratio and its floor are computed
+    (:func:`linearity_ratio` and ``diagnose``'s streamed sums both come here).
+
+    A variance at rounding-error level of the values (≤ 1e-20 E[·²] + 1e-24) counts as constant,
+    and a constant channel is exactly linear: ``NL_c = 0``, never NaN.
+    """
+    tiny = 1e-24 + 1e-20 * torch.maximum(power_y, power_z)
+    degenerate = (var_y <= tiny) | (var_z <= tiny)
+    r2 = cov_yz.square() / (var_y * var_z).where(~degenerate, torch.ones_like(var_y))
+    return torch.where(degenerate, torch.zeros_like(r2), (1.0 - r2).clamp_min(0.0))

@@ -28,8 +28,9 @@ What the copy keeps of the original, by construction:
 from __future__ import annotations
 
 import copy
+import functools
 import operator
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from proxynorm.conversion.fx import activation_of, is_bn_like, trace_holders
-from proxynorm.layers import BatchNormAct2d, norm_act, parse_spec
+from proxynorm.layers import BatchNormAct2d, NormSpec, norm_act, parse_spec
 from proxynorm.layers.activation import get_act
 
 
@@ -210,17 +211,48 @@ def convert(
             (the message names it), train/eval behaviour that conversion cannot keep, or
             ``calibrate`` given for a model in which nothing was converted.
     """
-    original = model
+    spec = _target_spec(norm, groups, group_size)
+    report = ConversionReport()
+    gm = _traced_copy(model, report)
+    layer = functools.partial(_norm_act_for, spec=spec, groups=groups, group_size=group_size,
+                              norm_kwargs=norm_kwargs, report=report)  # fmt: skip
+    _rewrite(gm, layer, act, report)
+    source = getattr(model, "config", None)
+    if isinstance(source, dict):  # a rebuildable model: the converted one can be saved too
+        settings = {"norm": spec.name, "groups": groups, "group_size": group_size,
+                    "act": act if isinstance(act, str) else None, **norm_kwargs}  # fmt: skip
+        gm.config = {"source": source, "convert": settings, "biased": []}
+    if calibrate is not None:
+        if not report.converted:
+            raise ValueError(
+                "calibrate: nothing was converted (the model has no BatchNorm or frozen BN), so "
+                "there is nothing to calibrate"
+            )
+        from proxynorm.conversion.calibrate import calibrate as run_calibration
+
+        report.calibration = run_calibration(gm, model, report.converted, calibrate)
+        if hasattr(gm, "config"):
+            gm.config["biased"] = list(report.calibration.biased)
+    return gm, report
+
+
+def _target_spec(norm: str, groups: int | None, group_size: int | None) -> NormSpec:
+    """The parsed target spec, checked: batch independent, grouping only where it applies."""
     spec = parse_spec(norm)
     if spec.batch_dependent:
         raise ValueError(f"norm must be batch independent, got {norm!r}")
-    grouped = spec.takes_groups
-    if not grouped and (groups is not None or group_size is not None):
+    if not spec.applies("groups") and (groups is not None or group_size is not None):
         raise ValueError(f"groups/group_size apply to gn and evos0 only, not to {spec.name!r}")
     for name, value in (("groups", groups), ("group_size", group_size)):
         bad = isinstance(value, bool) or not isinstance(value, int) or value < 1
         if value is not None and bad:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return spec
+
+
+def _traced_copy(model: nn.Module, report: ConversionReport) -> fx.GraphModule:
+    """A traced copy of ``model`` (traced in training and in eval mode, so that flags that
+    follow the mode stay dynamic), each module in its original's mode."""
     model = copy.deepcopy(model)
     graph = trace_holders(model, training=True)
     diffs = _mode_differences(graph, trace_holders(model, training=False))
@@ -229,35 +261,42 @@ def convert(
     for name, m in model.named_modules():  # containers copied by fx take their module's mode
         if name in copied:
             copied[name].training = m.training
-    report = ConversionReport()
     _follow_mode(gm, diffs, report)
+    return gm
+
+
+def _norm_act_for(
+    target: str, bn: nn.Module, activation: Any, *, spec: NormSpec, groups: int | None,
+    group_size: int | None, norm_kwargs: dict[str, Any], report: ConversionReport,
+) -> nn.Module:  # fmt: skip
+    """The spec's layer to put in place of the BN-like module ``bn`` at ``target`` (with
+    ``activation``, or the plain norm for ``None``), carrying its γ, β, device, dtype and mode."""
+    tensors = [t for t in (*bn.parameters(), *bn.buffers()) if t.is_floating_point()]
+    ref = tensors[0] if tensors else torch.empty(0)
+    c = getattr(bn, "num_features", None) or bn.weight.numel()
+    kw = dict(norm_kwargs)
+    if spec.applies("groups"):
+        g, why = _grouping(c, groups, group_size)
+        kw.update(g)
+        if why:
+            report.regrouped.append(f"{target}: {why}")
+    try:
+        layer = norm_act(spec, c, activation if activation is not None else "relu",
+                         apply_act=activation is not None, **kw)  # fmt: skip
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"cannot convert {target} ({type(bn).__name__}({c})): {err}") from err
+    layer = layer.to(device=ref.device, dtype=ref.dtype).train(bn.training)
+    _carry_affine(layer, getattr(bn, "weight", None), getattr(bn, "bias", None))
+    return layer
+
+
+def _rewrite(gm: fx.GraphModule, layer: Callable, act: Any, report: ConversionReport) -> None:
+    """Replace every BN-like module of ``gm`` by ``layer(target, bn, activation)``, fusing the
+    activation that follows it where there is exactly one; then tidy the graph."""
     modules = dict(gm.named_modules())
 
-    def replace(target: str, bn: nn.Module, activation) -> None:
-        """Put the spec's layer (with ``activation``, or the plain norm for ``None``) in place of
-        the BN-like module at ``target``, carrying its γ, β, device, dtype and mode."""
-        tensors = [t for t in (*bn.parameters(), *bn.buffers()) if t.is_floating_point()]
-        ref = tensors[0] if tensors else torch.empty(0)
-        c = getattr(bn, "num_features", None) or bn.weight.numel()
-        kw = dict(norm_kwargs)
-        if grouped:
-            g, why = _grouping(c, groups, group_size)
-            kw.update(g)
-            if why:
-                report.regrouped.append(f"{target}: {why}")
-        try:
-            layer = norm_act(
-                spec,
-                c,
-                activation if activation is not None else "relu",
-                apply_act=activation is not None,
-                **kw,
-            )
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"cannot convert {target} ({type(bn).__name__}({c})): {err}") from err
-        layer = layer.to(device=ref.device, dtype=ref.dtype).train(bn.training)
-        _carry_affine(layer, getattr(bn, "weight", None), getattr(bn, "bias", None))
-        _set_module(gm, target, layer)
+    def replace(target: str, bn: nn.Module, activation: Any) -> None:
+        _set_module(gm, target, layer(target, bn, activation))
 
     for node in list(gm.graph.nodes):
         if node.op != "call_module":
@@ -290,23 +329,6 @@ def convert(
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
-    source = getattr(original, "config", None)
-    if isinstance(source, dict):  # a rebuildable model: the converted one can be saved too
-        settings = {"norm": spec.name, "groups": groups, "group_size": group_size,
-                    "act": act if isinstance(act, str) else None, **norm_kwargs}  # fmt: skip
-        gm.config = {"source": source, "convert": settings, "biased": []}
-    if calibrate is not None:
-        if not report.converted:
-            raise ValueError(
-                "calibrate: nothing was converted (the model has no BatchNorm or frozen BN), so "
-                "there is nothing to calibrate"
-            )
-        from proxynorm.conversion.calibrate import calibrate as run_calibration
-
-        report.calibration = run_calibration(gm, original, report.converted, calibrate)
-        if hasattr(gm, "config"):
-            gm.config["biased"] = list(report.calibration.biased)
-    return gm, report
 
 
 def _report_left(gm: fx.GraphModule, modules: dict[str, nn.Module], report) -> None:

@@ -30,7 +30,7 @@ def build_source(source: dict[str, Any]) -> nn.Module:
 
 def rebuild(config: dict[str, Any]) -> fx.GraphModule:
     """The architecture of a converted model from its ``config`` (as saved by
-    :func:`proxynorm.models.save_model`): the source model converted again, with the biases that
+    :func:`proxynorm.checkpoint.save_model`): the source model converted again, with the biases that
     calibration added, ready for ``load_state_dict``."""
     source = build_source(config["source"])
     settings = {k: v for k, v in config["convert"].items() if v is not None}

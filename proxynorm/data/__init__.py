@@ -1,6 +1,7 @@
 """Data: CIFAR-10/100 (official format or image folders), image-folder trees read from a directory
 or a zip, augmentations, loaders, and probe batches for analysis."""
 
+from proxynorm.data.batches import labelled_batches
 from proxynorm.data.datasets import ArrayDataset, load_small_images
 from proxynorm.data.image_folder import ImageFolder, class_balanced_indices
 from proxynorm.data.probe import probe_batch
@@ -13,6 +14,7 @@ __all__ = [
     "ImageFolder",
     "cifar_augment",
     "class_balanced_indices",
+    "labelled_batches",
     "load_small_images",
     "mix_batch",
     "normalize",

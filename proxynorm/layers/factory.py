@@ -15,7 +15,7 @@ from proxynorm.layers.batch_norm import BatchNormAct2d
 from proxynorm.layers.evo_norm import EvoNormS0
 from proxynorm.layers.frn import FilterResponseNormTLU
 from proxynorm.layers.group_norm import GroupNormAct, InstanceNormAct, LayerNormAct
-from proxynorm.layers.spec import NormSpec, parse_spec
+from proxynorm.layers.spec import KNOWN_SPECS, NormSpec, parse_spec
 from proxynorm.layers.ws_conv import WSConv2d
 
 #: Base norm name -> norm-act class. Every class takes the channel count first.
@@ -64,7 +64,7 @@ def norm_act(
     """
     s = parse_spec(spec)
     cls = NORM_ACT_LAYERS[s.base]
-    if s.takes_groups:
+    if s.applies("groups"):
         kwargs.update(groups=groups, group_size=group_size)
     elif groups is not None or group_size is not None:
         raise ValueError(f"groups/group_size apply to gn and evos0 only, not to {s.name!r}")
@@ -111,3 +111,12 @@ def conv2d(
         bias=bias,
         **kwargs,
     )
+
+
+def spec_table() -> str:
+    """``proxynorm specs``: a Markdown table of the known specs, their class and whether they
+    depend on the batch."""
+    rows = [f"| {name} | {NORM_ACT_LAYERS[s.base].__name__} | {s.batch_dependent} |"
+            for name, s in ((n, parse_spec(n)) for n in KNOWN_SPECS)]  # fmt: skip
+    note = "Add +ws to any spec for weight-standardized convs (e.g. gn+pn+ws)."
+    return "\n".join(["| spec | class | batch dependent |", "|---|---|---|", *rows, "", note])

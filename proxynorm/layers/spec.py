@@ -71,6 +71,18 @@ class NormSpec:
         """Whether ``norm_batch`` (ghost batches) applies: BN."""
         return self.base == "bn"
 
+    def applies(self, option: str) -> bool:
+        """Whether a layer option concerns this norm: ``groups``/``group_size`` (GN, EvoNorm),
+        ``norm_batch`` (BN's ghost batches), ``proxy_affine``/``proxy_scale`` (PN), ``act``
+        (not EvoNorm/FRN, which bring their own). Every other option (``eps``, ``device``...)
+        applies to every norm. The one place that decides which option goes where."""
+        rule = _OPTION_RULES.get(option)
+        return True if rule is None else rule(self)
+
+    def select(self, **options: object) -> dict[str, object]:
+        """The ``options`` that are given (not ``None``) and :meth:`applies` to this norm."""
+        return {k: v for k, v in options.items() if v is not None and self.applies(k)}
+
     @property
     def name(self) -> str:
         """Canonical spec string, e.g. ``"gn+pn+ws"``."""
@@ -78,6 +90,16 @@ class NormSpec:
 
     def __str__(self) -> str:
         return self.name
+
+
+_OPTION_RULES = {
+    "groups": lambda s: s.takes_groups,
+    "group_size": lambda s: s.takes_groups,
+    "norm_batch": lambda s: s.takes_norm_batch,
+    "proxy_affine": lambda s: s.pn,
+    "proxy_scale": lambda s: s.pn,
+    "act": lambda s: not s.replaces_act,
+}
 
 
 def parse_spec(spec: str | NormSpec) -> NormSpec:

@@ -54,12 +54,9 @@ class LayerFactory:
 
     def _kwargs(self, **extra: Any) -> dict[str, Any]:
         kwargs = dict(self.norm_kwargs)
-        group_size = kwargs.pop("group_size", None)
-        if self.spec.takes_groups:
-            kwargs.update(groups=self.groups, group_size=group_size)
-        if self.spec.pn:
-            kwargs.update(proxy_affine=self.proxy_affine, **extra)
-        return kwargs
+        chosen = self.spec.select(groups=self.groups, group_size=kwargs.pop("group_size", None),
+                                  proxy_affine=self.proxy_affine, **extra)  # fmt: skip
+        return {**kwargs, **chosen}
 
     def norm_act(self, channels: int, final: bool = False) -> nn.Module:
         """A norm-act step; ``final=True`` for the one before global pooling (PN scaling off)."""

@@ -10,6 +10,7 @@ from torch import nn
 
 from proxynorm.layers import NormSpec
 from proxynorm.layers.activation import Activation
+from proxynorm.models import pretrained
 from proxynorm.models.builder import NORM_KWARGS, LayerFactory
 from proxynorm.models.efficientnet import EfficientNet
 from proxynorm.models.random_net import RandomNet
@@ -60,6 +61,7 @@ def create_model(
     proxy_affine: bool = True,
     drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
+    pretrained: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a model with every norm-act step from one norm spec.
@@ -75,6 +77,10 @@ def create_model(
         proxy_affine: learn PN's β~, γ~.
         drop_rate: dropout before the classifier.
         drop_path_rate: stochastic depth rate of the last block (linear in block index).
+        pretrained: load the weights shipped in ``proxynorm/pretrained/`` for this model and
+            norm (:mod:`proxynorm.models.pretrained`; ``model.pretrained`` says where they come
+            from). The architecture is the one they were trained with: other arguments must be
+            left out or equal to it.
         **kwargs: norm options (``eps``, ``momentum``, ``norm_batch``, ``n_samples``,
             ``proxy_eps``, ``group_size``) and model options (``in_chans``, ``width_mult``;
             for ``random_net``: ``depth``, ``width``, ``kernel_size``, ``gamma_std``,
@@ -87,6 +93,11 @@ def create_model(
     if key not in _MODELS:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(_MODELS)}")
     builder, default_act, has_classifier = _MODELS[key]
+    if pretrained:
+        given = {"num_classes": num_classes, "groups": groups, "act": act,
+                 "proxy_affine": proxy_affine, "drop_rate": drop_rate,
+                 "drop_path_rate": drop_path_rate, **kwargs}  # fmt: skip
+        return _pretrained(key, norm, given)
     _check_sizes(num_classes=num_classes, **kwargs)
     config = {
         "name": key,
@@ -127,3 +138,21 @@ def _check_sizes(**kwargs: Any) -> None:
     width = kwargs.get("width_mult")
     if width is not None and not (isinstance(width, int | float) and width > 0):
         raise ValueError(f"width_mult must be a number > 0, got {width!r}")
+
+
+_DEFAULTS = {"num_classes": None, "groups": None, "act": None, "proxy_affine": True,
+             "drop_rate": 0.0, "drop_path_rate": 0.0}  # fmt: skip
+
+
+def _pretrained(name: str, norm: str | NormSpec, given: dict[str, Any]) -> nn.Module:
+    """The shipped model ``name``/``norm`` with its weights; ``given`` arguments must agree with
+    the configuration it was trained with."""
+    from proxynorm.layers import parse_spec
+
+    found = pretrained.entry(name, parse_spec(norm).name)
+    config = found["config"]
+    conflicts = [f"{k}={v!r} (trained with {config.get(k)!r})" for k, v in given.items()
+                 if v != _DEFAULTS.get(k, object()) and v != config.get(k)]  # fmt: skip
+    if conflicts:
+        raise ValueError(f"pretrained {name}/{parse_spec(norm).name}: {', '.join(conflicts)}")
+    return pretrained.load_weights(create_model(**config), found)

@@ -15,9 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from proxynorm.layers import NormSpec
 
 RECIPES = ("cifar", "imagenet-resnet", "efficientnet")
 
@@ -224,6 +227,13 @@ class TrainConfig:
             raise ValueError("nesterov=True needs momentum > 0")
 
     @property
+    def spec(self) -> NormSpec:
+        """``norm`` parsed: what the model and the loop are built from."""
+        from proxynorm.layers import parse_spec
+
+        return parse_spec(self.norm)
+
+    @property
     def effective_lr(self) -> float:
         """``lr`` scaled linearly from ``lr_reference_batch`` to the global batch (if scale_lr)."""
         if not self.scale_lr:
@@ -246,6 +256,17 @@ class TrainConfig:
                 f"{world_size} processes (set --global-batch or a per-process --batch-size)"
             )
         return dataclasses.replace(self, batch_size=self.global_batch // world_size)
+
+    def describe(self, world_size: int = 1) -> str:
+        """One line: model, norm, data, recipe, epochs, batch (per process where several) and
+        the lr that ``world_size`` processes train with."""
+        shown = self.for_world(world_size)
+        processes = f" = {world_size} processes x {shown.batch_size}" if world_size > 1 else ""
+        return (
+            f"{self.model} {self.norm} on {self.data} ({self.data_dir}), recipe {self.recipe}: "
+            f"{self.epochs} epochs, batch {shown.global_batch}{processes}, "
+            f"lr {shown.effective_lr:.4g}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "effective_lr": self.effective_lr}
@@ -378,3 +399,42 @@ def build_config(recipe: str = "cifar", extra_reg: bool = False, **overrides: An
     if unknown:
         raise ValueError(f"unknown training option(s) {unknown}; valid: {', '.join(sorted(names))}")
     return TrainConfig(**values)
+
+
+_FLAG_TYPES = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "int | None": int,
+    "str | None": str,
+    "list[float]": lambda s: [float(v) for v in s.split(",") if v.strip()],
+}
+
+
+def add_arguments(parser: Any, skip: tuple[str, ...] = ()) -> None:
+    """One command-line flag per :class:`TrainConfig` field (``--batch-size`` for
+    ``batch_size``), with the field's help and range; unset flags stay ``None`` so that the
+    recipe's (or the default) value is kept (:func:`overrides`)."""
+    import argparse
+
+    g = parser.add_argument_group("training options (defaults: the recipe, then TrainConfig)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        check = f.metadata.get("check")
+        allowed = f"; {check.text}" if getattr(check, "text", None) else ""
+        help_text = f"{f.metadata.get('help', '')} (default {default}{allowed})".strip()
+        if f.type == "bool":
+            g.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            g.add_argument(flag, type=_FLAG_TYPES[f.type], default=None, help=help_text)
+
+
+def overrides(args: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields set on the command line (:func:`add_arguments`), for :func:`build_config`."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"recipe", "extra_reg", *skip}
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}

@@ -34,7 +34,7 @@ from proxynorm.data.image_folder import ImageFolder
 from proxynorm.data.loader import ArrayLoader, FolderDataset, FolderLoader, epoch_generator
 from proxynorm.data.transforms import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 from proxynorm.environment import environment
-from proxynorm.layers import convert_sync_batchnorm, parse_spec
+from proxynorm.layers import convert_sync_batchnorm
 from proxynorm.models import create_model
 from proxynorm.train import distributed
 from proxynorm.train.config import TrainConfig
@@ -129,17 +129,14 @@ def build_data(cfg: TrainConfig, d: Dist | None = None, device: torch.device | N
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     """The model of ``cfg``: norm options go only to the norms they concern."""
-    spec = parse_spec(cfg.norm)
-    kwargs: dict[str, Any] = {"width_mult": cfg.width_mult}
-    if spec.takes_groups:
-        kwargs["groups"] = cfg.groups
-    if spec.takes_norm_batch and cfg.norm_batch:
-        kwargs["norm_batch"] = cfg.norm_batch
+    spec = cfg.spec
+    kwargs = spec.select(groups=cfg.groups, norm_batch=cfg.norm_batch or None)
     if cfg.model == "random_net":
         raise ValueError("random_net has no classifier; train a ResNet or EfficientNet")
     return create_model(
         cfg.model,
-        norm=spec.name,
+        norm=spec,
+        width_mult=cfg.width_mult,
         num_classes=num_classes,
         act=cfg.act,
         proxy_affine=cfg.proxy_affine,
@@ -262,6 +259,30 @@ def _wrap(model: nn.Module, d: Dist, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+@dataclass
+class _Run:
+    """What one training process holds between phases."""
+
+    cfg: TrainConfig
+    out: Path
+    d: Dist
+    device: torch.device
+    data: Data
+    model: nn.Module  # the module whose state is saved
+    trainer: nn.Module  # what the steps call: the model, wrapped in DDP and/or compiled
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    ema: ModelEMA | None
+    amp: torch.dtype | None
+    start_epoch: int = 0
+    elapsed: float = 0.0
+
+    def autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, Any]:
     """Train ``cfg`` into directory ``out``; returns the final summary (also ``final.json``).
 
@@ -278,7 +299,6 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
         TrainingDiverged: a non-finite loss (the last good checkpoint is kept).
     """
     out = Path(out)
-    ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
     d, device = distributed.setup(cfg.device, cfg.dist_timeout)
     cfg = cfg.for_world(d.world_size)
     start = distributed.broadcast(_start(out, resume, cfg, d.world_size) if d.main else None)
@@ -288,31 +308,44 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
         raise FileExistsError(start["error"])
     if "refuse" in start:
         raise ValueError(start["refuse"])
-    ckpt = start.get("checkpoint")
-    log = print if d.main else (lambda *a, **k: None)
-    if "note" in start:
-        log(start["note"], flush=True)
+    if "note" in start and d.main:
+        print(start["note"], flush=True)
+    run = _build(cfg, out, d, device)
+    rng_restored = _restore(run, start.get("checkpoint"))
+    _open_run_dir(run, resumed=start.get("checkpoint") is not None)
+    if d.rank > 0 and not rng_restored:
+        # Rank 0 keeps the single-process random stream; other ranks draw their own dropout.
+        torch.manual_seed(cfg.seed + 1_000_003 * d.rank + run.start_epoch)
+    if d.main:
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    run.trainer = _wrap(run.model, d, device)
+    if cfg.compile != "off":
+        mode = None if cfg.compile == "default" else cfg.compile
+        run.trainer = torch.compile(run.trainer, mode=mode)
+    for epoch in range(run.start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        sums, lr, train_seconds = _train_epoch(run, epoch)
+        _end_epoch(run, epoch, sums, lr, train_seconds, t0)
+    return distributed.broadcast(_finish(cfg, out, run.elapsed, d) if d.main else None)
 
-    # --- setup: seed, device, data, model, optimizer
+
+def _build(cfg: TrainConfig, out: Path, d: Dist, device: torch.device) -> _Run:
+    """Seed, data, model (SyncBN, memory format), optimizer, gradient scaler and EMA."""
     torch.manual_seed(cfg.seed)
     dtype = amp_dtype(cfg, device)
-
-    def autocast():
-        return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-
     data = build_data(cfg, d, device)
     model = build_model(cfg, data.num_classes).to(device)
     if cfg.sync_bn:
-        if not parse_spec(cfg.norm).batch_dependent:
+        if not cfg.spec.batch_dependent:
             warnings.warn(
                 f"--sync-bn has no effect on {cfg.norm!r}: it is batch independent",
-                stacklevel=2,
+                stacklevel=3,
             )
         elif cfg.norm_batch and cfg.norm_batch < cfg.global_batch:
             warnings.warn(
                 f"--sync-bn normalizes BN over the global batch of {cfg.global_batch}; "
                 f"norm_batch={cfg.norm_batch} is ignored",
-                stacklevel=2,
+                stacklevel=3,
             )
         model = convert_sync_batchnorm(model)
     if cfg.channels_last:
@@ -320,136 +353,148 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
     optimizer = build_optimizer(model, cfg)
     scaler = _grad_scaler(device, enabled=dtype == torch.float16)
     ema = ModelEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    start_epoch, elapsed, rng_restored = 0, 0.0, False
+    return _Run(cfg, out, d, device, data, model, model, optimizer, scaler, ema, dtype)
 
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None:
-            ema.module.load_state_dict(ckpt["ema"])
-        rng = ckpt.get("rank_rng") or [ckpt["rng"]]
-        if len(rng) == d.world_size or d.main:
-            torch.set_rng_state(rng[d.rank if len(rng) == d.world_size else 0])
-            rng_restored = True
-        start_epoch, elapsed = ckpt["epoch"], ckpt["elapsed"]
-        log(f"resuming {out} after epoch {start_epoch}")
-        if d.main:
-            truncate_jsonl(metrics_path, start_epoch)
-    if d.main:  # data and model are built: from here on the run directory is written
-        out.mkdir(parents=True, exist_ok=True)
-        (out / FINAL).unlink(missing_ok=True)  # a run being extended is no longer finished
-        if ckpt is None:
-            metrics_path.unlink(missing_ok=True)
-            (out / HISTORY).unlink(missing_ok=True)
-        append_jsonl(out / HISTORY, _history_record(start_epoch, ckpt is not None, cfg))
-    if d.rank > 0 and not rng_restored:
-        # Rank 0 keeps the single-process random stream; other ranks draw their own dropout.
-        torch.manual_seed(cfg.seed + 1_000_003 * d.rank + start_epoch)
+
+def _restore(run: _Run, ckpt: dict[str, Any] | None) -> bool:
+    """Load a checkpoint to resume from into ``run``; whether this process's RNG was restored."""
+    if ckpt is None:
+        return False
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    if run.ema is not None:
+        run.ema.module.load_state_dict(ckpt["ema"])
+    rng, d = ckpt.get("rank_rng") or [ckpt["rng"]], run.d
+    restored = len(rng) == d.world_size or d.main
+    if restored:
+        torch.set_rng_state(rng[d.rank if len(rng) == d.world_size else 0])
+    run.start_epoch, run.elapsed = ckpt["epoch"], ckpt["elapsed"]
     if d.main:
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    trainer = _wrap(model, d, device)
-    if cfg.compile != "off":
-        trainer = torch.compile(trainer, mode=None if cfg.compile == "default" else cfg.compile)
+        print(f"resuming {run.out} after epoch {run.start_epoch}")
+        truncate_jsonl(run.out / METRICS, run.start_epoch)
+    return restored
 
+
+def _open_run_dir(run: _Run, resumed: bool) -> None:
+    """Rank 0, once data and model are built: from here on the run directory is written."""
+    if not run.d.main:
+        return
+    out = run.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / FINAL).unlink(missing_ok=True)  # a run being extended is no longer finished
+    if not resumed:
+        (out / METRICS).unlink(missing_ok=True)
+        (out / HISTORY).unlink(missing_ok=True)
+    append_jsonl(out / HISTORY, _history_record(run.start_epoch, resumed, run.cfg))
+
+
+def _train_epoch(run: _Run, epoch: int) -> tuple[list[float], float, float]:
+    """One epoch of steps; returns the (loss, correct, count) sums over all processes, the last
+    lr and the seconds spent."""
+    cfg, data, d, device = run.cfg, run.data, run.d, run.device
+    t0 = time.perf_counter()
+    run.model.train()
+    data.train.set_epoch(epoch)
+    mix_gen = epoch_generator(cfg.seed + 1, epoch)
     mix = cfg.mixup > 0 or cfg.cutmix > 0
     steps = len(data.train)
-    for epoch in range(start_epoch, cfg.epochs):
-        # --- train one epoch
-        t0 = time.perf_counter()
-        model.train()
-        data.train.set_epoch(epoch)
-        mix_gen = epoch_generator(cfg.seed + 1, epoch)
-        loss_sum, correct, count = 0.0, 0, 0
-        bar = tqdm(
-            data.train,
-            total=steps,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            leave=False,
-            disable=None if d.main else True,
+    loss_sum, correct, count, lr = 0.0, 0, 0, cfg.lr
+    bar = tqdm(data.train, total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+               disable=None if d.main else True)  # fmt: skip
+    for i, (x, y) in enumerate(bar):
+        x, y = _prepare(x, data, device, cfg.channels_last), y.to(device)
+        x, target = (
+            mix_batch(x, y, data.num_classes, mix_gen, cfg.mixup, cfg.cutmix)
+            if mix
+            else (x, F.one_hot(y, data.num_classes).float())
         )
-        for i, (x, y) in enumerate(bar):
-            x, y = _prepare(x, data, device, cfg.channels_last), y.to(device)
-            x, target = (
-                mix_batch(x, y, data.num_classes, mix_gen, cfg.mixup, cfg.cutmix)
-                if mix
-                else (x, F.one_hot(y, data.num_classes).float())
-            )
-            lr = lr_at(cfg, epoch + (i + 1) / steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with autocast():
-                logits = trainer(x)
-            loss = soft_cross_entropy(logits, target, cfg.label_smoothing)
-            finite = bool(torch.isfinite(loss))
-            if d.enabled:  # every process stops together (no peer is left waiting)
-                finite = distributed.sum_across([float(not finite)], device)[0] == 0
-            if not finite:
-                raise TrainingDiverged(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {i + 1}; "
-                    f"{out / CHECKPOINT} still holds the last good epoch ({epoch})"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            if ema is not None:
-                ema.update(model)
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            count += len(y)
-            seconds = time.perf_counter() - t0
-            bar.set_postfix(loss=f"{loss_sum / count:.3f}", img_s=f"{count / seconds:.0f}")
-        train_seconds = time.perf_counter() - t0
-        loss_sum, correct, count = distributed.sum_across([loss_sum, correct, count], device)
+        lr = lr_at(cfg, epoch + (i + 1) / steps)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        with run.autocast():
+            logits = run.trainer(x)
+        loss = soft_cross_entropy(logits, target, cfg.label_smoothing)
+        _check_finite(run, loss, epoch, i)
+        _step(run, loss)
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        count += len(y)
+        seconds = time.perf_counter() - t0
+        bar.set_postfix(loss=f"{loss_sum / count:.3f}", img_s=f"{count / seconds:.0f}")
+    train_seconds = time.perf_counter() - t0
+    return distributed.sum_across([loss_sum, correct, count], device), lr, train_seconds
 
-        # --- evaluate, probe, checkpoint, log
-        eval_model = ema.module if ema is not None else model
-        test_loss, test_acc = evaluate(
-            eval_model, data.test, data, device, autocast, cfg.channels_last
-        )
-        rank_rng = distributed.gather(torch.get_rng_state())
-        if not d.main:
-            continue
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / count,
-            "train_acc": 100.0 * correct / count,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "lr": lr,
-            "seconds": time.perf_counter() - t0,
-            "images_per_s": count / train_seconds,
-        }
-        if data.probe is not None:
-            record["power"] = probe_power(eval_model, data, device, cfg.channels_last)
-        elapsed += record["seconds"]
-        # Metrics first: a record ahead of the checkpoint is dropped on resume, none is lost.
-        append_jsonl(metrics_path, record)
-        save_model(
-            ckpt_path,
-            model,
-            train_config=cfg.to_dict(),
-            epoch=epoch + 1,
-            optimizer=optimizer.state_dict(),
-            scaler=scaler.state_dict(),
-            ema=ema.module.state_dict() if ema is not None else None,
-            rng=rank_rng[0],
-            rank_rng=rank_rng,
-            elapsed=elapsed,
-            world_size=d.world_size,
-        )
-        print(
-            f"epoch {epoch + 1}/{cfg.epochs}  train loss {record['train_loss']:.3f} "
-            f"acc {record['train_acc']:.2f}%  test loss {test_loss:.3f} acc {test_acc:.2f}%  "
-            f"lr {lr:.4g}  {record['seconds']:.1f}s ({record['images_per_s']:.0f} img/s)",
-            flush=True,
+
+def _check_finite(run: _Run, loss: Tensor, epoch: int, i: int) -> None:
+    finite = bool(torch.isfinite(loss))
+    if run.d.enabled:  # every process stops together (no peer is left waiting)
+        finite = distributed.sum_across([float(not finite)], run.device)[0] == 0
+    if not finite:
+        raise TrainingDiverged(
+            f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {i + 1}; "
+            f"{run.out / CHECKPOINT} still holds the last good epoch ({epoch})"
         )
 
-    return distributed.broadcast(_finish(cfg, out, elapsed, d) if d.main else None)
+
+def _step(run: _Run, loss: Tensor) -> None:
+    """Backward and optimizer step (gradient scaling, clipping, EMA)."""
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if run.cfg.grad_clip > 0:
+        run.scaler.unscale_(run.optimizer)
+        nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    if run.ema is not None:
+        run.ema.update(run.model)
+
+
+def _end_epoch(run: _Run, epoch: int, sums, lr: float, train_seconds: float, t0: float) -> None:
+    """Evaluate, probe, then (rank 0) the metrics record first and the checkpoint after it: a
+    record ahead of the checkpoint is dropped on resume, none is lost."""
+    cfg, data = run.cfg, run.data
+    loss_sum, correct, count = sums
+    eval_model = run.ema.module if run.ema is not None else run.model
+    test_loss, test_acc = evaluate(
+        eval_model, data.test, data, run.device, run.autocast, cfg.channels_last
+    )
+    rank_rng = distributed.gather(torch.get_rng_state())
+    if not run.d.main:
+        return
+    record = {
+        "epoch": epoch + 1,
+        "train_loss": loss_sum / count,
+        "train_acc": 100.0 * correct / count,
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        "lr": lr,
+        "seconds": time.perf_counter() - t0,
+        "images_per_s": count / train_seconds,
+    }
+    if data.probe is not None:
+        record["power"] = probe_power(eval_model, data, run.device, cfg.channels_last)
+    run.elapsed += record["seconds"]
+    append_jsonl(run.out / METRICS, record)
+    save_model(
+        run.out / CHECKPOINT,
+        run.model,
+        train_config=cfg.to_dict(),
+        epoch=epoch + 1,
+        optimizer=run.optimizer.state_dict(),
+        scaler=run.scaler.state_dict(),
+        ema=run.ema.module.state_dict() if run.ema is not None else None,
+        rng=rank_rng[0],
+        rank_rng=rank_rng,
+        elapsed=run.elapsed,
+        world_size=run.d.world_size,
+    )
+    print(
+        f"epoch {epoch + 1}/{cfg.epochs}  train loss {record['train_loss']:.3f} "
+        f"acc {record['train_acc']:.2f}%  test loss {test_loss:.3f} acc {test_acc:.2f}%  "
+        f"lr {lr:.4g}  {record['seconds']:.1f}s ({record['images_per_s']:.0f} img/s)",
+        flush=True,
+    )
 
 
 def _history_record(start_epoch: int, resumed: bool, cfg: TrainConfig) -> dict[str, Any]:
@@ -476,7 +521,7 @@ def _finish(cfg: TrainConfig, out: Path, elapsed: float, d: Dist) -> dict[str, A
     last = records[-1] if records else {}
     final = {
         "model": cfg.model,
-        "norm": parse_spec(cfg.norm).name,
+        "norm": cfg.spec.name,
         "seed": cfg.seed,
         "epochs": cfg.epochs,
         "test_acc": last.get("test_acc"),

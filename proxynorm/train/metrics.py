@@ -1,4 +1,5 @@
-"""Per-epoch metrics as JSON lines, kept consistent with the last checkpoint on resume."""
+"""Per-epoch metrics as JSON lines, kept consistent with the last checkpoint on resume; the
+accuracy of a model on batches held in memory."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import json
 import math
 from pathlib import Path
 from typing import Any
+
+import torch
+from torch import Tensor, nn
 
 from proxynorm.files import atomic_target
 
@@ -28,3 +32,11 @@ def truncate_jsonl(path: str | Path, max_epoch: int) -> None:
     records = [r for r in read_jsonl(path) if r.get("epoch", math.inf) <= max_epoch]
     with atomic_target(path) as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def accuracy(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> float:
+    """Top-1 accuracy in percent of ``model`` in eval mode over ``(images, labels)`` batches."""
+    model.eval()
+    with torch.no_grad():
+        hits = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches)
+    return 100.0 * hits / sum(len(y) for _, y in batches)

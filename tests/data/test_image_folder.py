@@ -102,3 +102,12 @@ def test_class_balanced_indices():
     assert counts == [10, 10, 10] and len(set(idx)) == 30
     assert idx == class_balanced_indices(labels, 30, seed=1)
     assert idx != class_balanced_indices(labels, 30, seed=2)
+
+
+def test_truncated_zip_is_reported_as_corrupt(tmp_path):
+    full = write_image_folder_zip(tmp_path / "d.zip")
+    data = full.read_bytes()
+    (tmp_path / "t.zip").write_bytes(data[:-30])
+    assert not zipfile.is_zipfile(tmp_path / "t.zip")
+    with pytest.raises(ValueError, match="not a readable zip archive"):
+        ImageFolder(tmp_path / "t.zip", "train")

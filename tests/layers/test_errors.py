@@ -1,4 +1,5 @@
-"""Every documented bad input raises a clear error that names the argument."""
+"""The layers' bad inputs: every documented one raises a clear error that names the argument
+(the command line's are in tests/test_cli_errors.py)."""
 
 import pytest
 import torch
@@ -109,3 +110,24 @@ def test_proxy_norm_act_checks_input():
 def test_instance_norm_needs_spatial_dims():
     with pytest.raises(ValueError, match="InstanceNormAct expects input of shape \\(N, C, H, W\\)"):
         InstanceNormAct(8)(torch.randn(2, 8))
+
+
+def test_groups_of_the_wrong_type():
+    with pytest.raises(TypeError, match="groups must be an int, got 2.0"):
+        norm_act("gn", 8, groups=2.0)
+
+
+def test_a_last_ghost_batch_of_one_input_is_refused():
+    with pytest.raises(ValueError, match="leaves a last ghost batch of 1 input"):
+        BatchNormAct2d(4, norm_batch=3)(torch.randn(4, 4))
+
+
+def test_empty_batches_and_huge_inputs():
+    for spec in ("evos0", "frn", "gn+pn", "ln+pn"):
+        assert norm_act(spec, 8)(torch.randn(0, 8, 3, 3)).shape == (0, 8, 3, 3)
+    x = torch.randn(2, 8, 3, 3)
+    for spec in ("ln+pn", "ln", "gn+pn", "in+pn"):
+        layer = norm_act(spec, 8)
+        huge = layer(x * 1e20)  # float32 sums of squares overflow; the layer stays scale invariant
+        assert torch.isfinite(huge).all()
+        torch.testing.assert_close(huge, layer(x), rtol=1e-3, atol=1e-3)

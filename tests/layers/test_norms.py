@@ -12,6 +12,7 @@ from proxynorm.layers import (
     LayerNormAct,
     ProxyNormAct,
     WSConv2d,
+    norm_act,
 )
 from tests.layers.reference import (
     reference_batch_standardize,
@@ -200,3 +201,13 @@ def test_gradcheck_modules(name):
 
     inputs = (x, *[p.detach().clone().requires_grad_() for p in params])
     assert gradcheck(f, inputs, eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec", ["bn", "bn+pn"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_and_bfloat16_batch_norm_modules_work_like_torch(spec, dtype):
+    layer = norm_act(spec, 4).to(dtype)
+    for mode in ("train", "eval"):
+        out = getattr(layer, mode)()(torch.randn(2, 4, 3, 3).to(dtype))
+        assert out.dtype == dtype and torch.isfinite(out).all()
+    assert layer.norm.running_mean.dtype == torch.float32  # statistics stay float32

@@ -157,6 +157,10 @@ def test_bad_names_and_inputs():
         create_model("resnet50", width_mult=0.25)(torch.randn(1, 3, 16, 16))
     with pytest.raises(ValueError, match="no classifier"):
         create_model("random_net", num_classes=10, depth=2, width=4)
+    with pytest.raises(ValueError, match="num_classes must be an int >= 1, got 0"):
+        create_model("resnet20", num_classes=0)
+    with pytest.raises(ValueError, match="in_chans must be an int >= 1, got 0"):
+        create_model("resnet20", in_chans=0)
 
 
 def test_random_net_definition_1():

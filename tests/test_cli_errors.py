@@ -1,21 +1,20 @@
-"""Every bad input gets one clear line naming the input and what is expected (issue 16).
+"""The command line's bad inputs: one clear line naming the input and what is expected.
 
-Table-driven: each row is an input and the message fragment it must produce. CLI rows run the
+Table-driven: each row is an input and the message fragment it must produce. The rows run the
 real command line in a subprocess (all rows at once, a few at a time) and check the exit code
-(2 for usage errors) and that no traceback is printed; library rows call the library.
+(2 for usage errors) and that no traceback is printed. The library's own bad inputs are tested
+where the library is: layers in tests/layers/test_errors.py, models in tests/models, data in
+tests/data.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from importlib import import_module
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.fake_data import write_cifar10, write_image_folder_zip
 
@@ -145,66 +144,3 @@ def test_refused_inputs_leave_nothing_behind(cli_results):
     assert (tmp / "existing.pt").read_text() == "keep me"  # not overwritten
     assert (tmp / "ckpt.pt").stat().st_size > 1000  # the input checkpoint is intact
     assert (tmp / "nf.pt").exists()  # --no-fold torchscript export works on a PN checkpoint
-
-
-def _library_rows():
-    from proxynorm.layers import BatchNormAct2d, norm_act
-    from proxynorm.models import create_model
-
-    return [
-        ("num_classes=0", lambda: create_model("resnet20", num_classes=0), ValueError,
-         "num_classes must be an int >= 1, got 0"),
-        ("in_chans=0", lambda: create_model("resnet20", in_chans=0), ValueError,
-         "in_chans must be an int >= 1, got 0"),
-        ("groups=2.0", lambda: norm_act("gn", 8, groups=2.0), TypeError,
-         "groups must be an int, got 2.0"),
-        ("ghost remainder of one", lambda: BatchNormAct2d(4, norm_batch=3)(torch.randn(4, 4)),
-         ValueError, "leaves a last ghost batch of 1 input"),
-        ("unknown act", lambda: norm_act("gn+pn", 8, act="relu7"), ValueError,
-         "unknown act 'relu7'; valid activations: identity, relu"),
-        ("demo batch=1",
-         lambda: import_module("proxynorm.analysis.demo").run_demo(("bn",), batch=1),
-         ValueError, "batch must be >= 2"),
-    ]  # fmt: skip
-
-
-@pytest.mark.parametrize("row", _library_rows(), ids=lambda r: r[0])
-def test_library_bad_input_gives_a_clear_error(row):
-    _, call, error, fragment = row
-    with pytest.raises(error) as info:
-        call()
-    assert fragment in str(info.value)
-
-
-@pytest.mark.parametrize("spec", ["bn", "bn+pn"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_and_bfloat16_batch_norm_modules_work_like_torch(spec, dtype):
-    layer = __import__("proxynorm.layers").layers.norm_act(spec, 4).to(dtype)
-    for mode in ("train", "eval"):
-        out = getattr(layer, mode)()(torch.randn(2, 4, 3, 3).to(dtype))
-        assert out.dtype == dtype and torch.isfinite(out).all()
-    assert layer.norm.running_mean.dtype == torch.float32  # statistics stay float32
-
-
-def test_empty_batches_and_huge_inputs():
-    from proxynorm.layers import norm_act
-
-    for spec in ("evos0", "frn", "gn+pn", "ln+pn"):
-        assert norm_act(spec, 8)(torch.randn(0, 8, 3, 3)).shape == (0, 8, 3, 3)
-    x = torch.randn(2, 8, 3, 3)
-    for spec in ("ln+pn", "ln", "gn+pn", "in+pn"):
-        layer = norm_act(spec, 8)
-        huge = layer(x * 1e20)  # float32 sums of squares overflow; the layer stays scale invariant
-        assert torch.isfinite(huge).all()
-        torch.testing.assert_close(huge, layer(x), rtol=1e-3, atol=1e-3)
-
-
-def test_truncated_zip_is_reported_as_corrupt(tmp_path):
-    from proxynorm.data.image_folder import ImageFolder
-
-    full = write_image_folder_zip(tmp_path / "d.zip")
-    data = full.read_bytes()
-    (tmp_path / "t.zip").write_bytes(data[:-30])
-    assert not zipfile.is_zipfile(tmp_path / "t.zip")
-    with pytest.raises(ValueError, match="not a readable zip archive"):
-        ImageFolder(tmp_path / "t.zip", "train")
