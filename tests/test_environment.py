@@ -1,4 +1,6 @@
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,3 +38,18 @@ def test_source_commit_outside_a_checkout_is_none(monkeypatch, tmp_path):
     package.mkdir()
     monkeypatch.setattr(proxynorm.environment, "__file__", str(package / "environment.py"))
     assert source_commit() is None
+
+
+def test_environment_records_the_cpu_and_the_instruction_set_kernels_dispatch_to():
+    # Runs on an AVX512 and an AVX2 machine differ from the first step (issue 31): the record
+    # must say which one a run used, as PyTorch itself decides it (ATEN_CPU_CAPABILITY included).
+    env = environment()
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert isinstance(env["cpu"], str) and env["cpu"]
+    code = "from proxynorm.environment import environment; print(environment()['cpu_capability'])"
+    forced = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "ATEN_CPU_CAPABILITY": "default"},
+        capture_output=True, text=True, check=True,
+    ).stdout.split()[-1]
+    assert forced == "DEFAULT"

@@ -499,8 +499,9 @@ def _end_epoch(run: _Run, epoch: int, sums, lr: float, train_seconds: float, t0:
 
 def _history_record(start_epoch: int, resumed: bool, cfg: TrainConfig) -> dict[str, Any]:
     """What this process continues the run with: the commit (``+dirty`` when tracked files
-    differ from it), the epoch it starts after, and the compute path (threads, C++ kernel,
-    compile), so that a run that spans commits says which epochs ran on which code."""
+    differ from it), the epoch it starts after, and the compute path (threads, CPU and its
+    vector instruction set, C++ kernel, compile), so that a run that spans commits or machines
+    says which epochs ran on which code and hardware."""
     env = environment()
     return {
         "event": "resume" if resumed else "start",
@@ -508,7 +509,10 @@ def _history_record(start_epoch: int, resumed: bool, cfg: TrainConfig) -> dict[s
         "commit": env["commit"],
         "proxynorm": env["proxynorm"],
         "torch": env["torch"],
+        "pillow": env["pillow"],
         "threads": env["threads"],
+        "cpu": env["cpu"],
+        "cpu_capability": env["cpu_capability"],
         "pn_cpp_kernel": env["pn_cpp_kernel"],
         "compile": cfg.compile,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

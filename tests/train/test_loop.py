@@ -87,7 +87,8 @@ def test_kill_and_resume_is_bit_exact(fake_cifar, tmp_path, monkeypatch):
     assert [r["epoch"] for r in rb] == [1, 2, 3]
     history = read_jsonl(tmp_path / "killed" / "history.jsonl")
     assert [(h["event"], h["after_epoch"]) for h in history] == [("start", 0), ("resume", 1)]
-    assert all(set(h) >= {"commit", "threads", "pn_cpp_kernel", "compile"} for h in history)
+    recorded = {"commit", "threads", "cpu_capability", "pn_cpp_kernel", "compile"}
+    assert all(set(h) >= recorded for h in history)
     final = json.loads((tmp_path / "killed" / "final.json").read_text())
     assert final["history"] == history
     assert [h["event"] for h in read_jsonl(tmp_path / "full" / "history.jsonl")] == ["start"]
