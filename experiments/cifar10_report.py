@@ -1,9 +1,10 @@
-"""Build docs/RESULTS.md, its figures and results.json from every CIFAR-10 run (issues 8, 14).
+"""Build docs/RESULTS.md, its figures and results.json from every CIFAR-10 run (issues 8, 14, 31).
 
     python experiments/cifar10_report.py
 
 Reads the per-run JSON under experiments/results/cifar10_cpu/ — batch{128,8}/ (experiments/
-cifar10_cpu.sh), devices/, full50k/ and drivers/ (experiments/cifar10_evidence.py) — and
+cifar10_cpu.sh), devices/, full50k/, full50k-head/, drivers/ and paper160/ (experiments/
+cifar10_evidence.py), full50k-replay/ (its README) — and
 experiments/results/cifar10_gpu/ (experiments/cifar10_gpu.py). It works on partial results: runs
 that have not finished are listed as missing and every number says on how many seeds it rests.
 The page answers one question first: should I replace BN with GN+PN, and when?
@@ -163,6 +164,11 @@ def _fmt(st: dict | None, digits: int = 2) -> str:
     return f"{st['mean']:.{digits}f} ± {st['std']:.{digits}f} (n={st['n']})"
 
 
+# The 30-epoch full-data rows: GN+PN from its HEAD reruns, which record their whole history (the
+# committed full50k/gn+pn rows do not; see render_disagreement).
+FULL = {"bn": ("full50k", (0, 1)), "gn+pn": ("full50k-head", (0, 1)), "gn": ("full50k", (0,))}
+
+
 def evidence() -> dict:
     """Summaries of the issue-14 runs (whatever has finished)."""
     ev: dict = {"devices": {}, "independent": {}, "full": {}, "drivers": {}, "missing": []}
@@ -182,20 +188,13 @@ def evidence() -> dict:
         runs = _runs("batch128", norm, (0, 1, 2))
         ev["independent"][norm] = {key: _stats([r[key] for r in runs])
                                    for key in ("test_acc", "train_acc")}  # fmt: skip
-    for norm, seeds in (("bn", (0, 1)), ("gn+pn", (0, 1)), ("gn", (0,))):
-        runs = _runs("full50k", norm, seeds)
-        ev["missing"] += [
-            f"full50k/{norm}/seed{s}"
-            for s in seeds
-            if not (run_dir(RESULTS / "full50k", norm, s) / "final.json").exists()
-        ]
+    for norm, (exp, seeds) in FULL.items():
+        runs = _runs(exp, norm, seeds)
+        done = [s for s in seeds if (run_dir(RESULTS / exp, norm, s) / "final.json").exists()]
+        ev["missing"] += [f"{exp}/{norm}/seed{s}" for s in seeds if s not in done]
         curves = [
-            [
-                r["test_acc"]
-                for r in read_jsonl(run_dir(RESULTS / "full50k", norm, s) / "metrics.jsonl")
-            ]
-            for s in seeds
-            if (run_dir(RESULTS / "full50k", norm, s) / "final.json").exists()
+            [r["test_acc"] for r in read_jsonl(run_dir(RESULTS / exp, norm, s) / "metrics.jsonl")]
+            for s in done
         ]
         ev["full"][norm] = {
             key: _stats([r[key] for r in runs]) for key in ("test_acc", "train_acc")
@@ -383,8 +382,13 @@ def main() -> None:
     ev = evidence()
     plot_devices(ev, FIGS / "devices.png")
     plot_gap(ev, FIGS / "gap.png")
-    claims = evidence_claims(ev, acc) + claims
-    missing = ev["missing"] + missing
+    ev["paper160"], ev["disagreement"] = paper160(), disagreement()
+    ev["paper160_claims"] = paper160_claims(ev["paper160"])
+    claims = ev["paper160_claims"] + evidence_claims(ev, acc) + claims
+    plot_paper160(ev["paper160"], FIGS / "paper160.png")
+    missing = (
+        ev["missing"] + [m for row in ev["paper160"].values() for m in row["missing"]] + missing
+    )
     (FIGS / "results.json").write_text(
         json.dumps(
             {"summaries": summaries, "evidence": ev, "claims": claims, "collapse": collapse,
@@ -479,6 +483,14 @@ def short_answer(claims: list[dict]) -> str:
                      "hold at these training lengths; the gap shrinks as training gets longer "
                      f"(the paper trains {PAPER_EPOCHS / FULL_EPOCHS:.1f}x more steps than our "
                      "longest runs).")  # fmt: skip
+    paper = by.get(CLAIM_MATCH_160)
+    if paper and paper["holds"] is None:
+        parts.append("The paper's own protocol (160 epochs) is still running; its claims stay "
+                     "open until both sides finish.")  # fmt: skip
+    elif paper:
+        verb = "holds" if paper["holds"] else "does **not** hold"
+        parts.append(f"At the paper's own protocol (160 epochs) \"GN+PN matches BN\" {verb}: "
+                     f"{paper['detail']}.")  # fmt: skip
     gn = by.get(CLAIM_GN_50K)
     if gn:
         verb = "ahead of" if gn["holds"] else "not ahead of"
@@ -531,7 +543,9 @@ def render_evidence(ev: dict, claims: list[dict]) -> str:
         "",
         "All 50k training images, 30 epochs (≈11.7k optimizer steps, against 1.6k at the 10k / "
         "20-epoch protocol and ≈62k in the paper), the schedule scaled as everywhere here "
-        "(warm-up 0.94 epochs, lr ÷10 at epochs 15 and 22.5).",
+        "(warm-up 0.94 epochs, lr ÷10 at epochs 15 and 22.5). Run directories: "
+        + ", ".join(f"{n.upper()} `{exp}/{n}/`" for n, (exp, _) in FULL.items())
+        + " (GN+PN's committed `full50k/` rows are superseded: next section).",
         "",
         "| norm | test accuracy | train accuracy |",
         "|---|---|---|",
@@ -539,6 +553,10 @@ def render_evidence(ev: dict, claims: list[dict]) -> str:
           "|" for n in ("bn", "gn+pn", "gn")],
         "",
         "![BN − GN+PN against optimizer steps](results/cifar10_cpu/gap.png)",
+        "",
+        *render_disagreement(ev.get("disagreement", [])),
+        "",
+        *(render_paper160(ev["paper160"], ev["paper160_claims"]) if "paper160" in ev else ()),
         "",
         "## What drives the gap (10k images, 20 epochs, one seed per change; two for the "
         "schedule, which moved GN+PN most)",
@@ -597,6 +615,245 @@ def drivers_findings(drivers: dict, pn0: dict, bn0: dict) -> list[str]:
         text += (f"With the same change for both, BN − GN+PN is {'; '.join(gaps)} (default "
                  f"{bn0['mean'] - pn0['mean']:+.2f} pp).")  # fmt: skip
     return [text.strip()]
+
+
+# --- issue 31: the paper's protocol on this CPU, and the 30-epoch GN+PN disagreement ----------
+
+PAPER_STD = {"bn": 0.3, "gn": 0.2, "gn+pn": 0.2}  # Table 15's std over its 10 runs
+PAPER_RUNS = {"bn": (0, 1), "gn": (0, 1), "gn+pn": (0, 1, 2), "bn-nb2": (0,)}  # issue 31's plan
+PAPER_TOL = 0.5  # target: each norm within 0.5 pp of the paper's mean
+MATCH_TOL = 0.3  # target: GN+PN >= BN - 0.3 pp
+CLAIM_MATCH_160 = f"GN+PN ≥ BN − {MATCH_TOL} pp at the paper's protocol (50k images, 160 epochs)"
+CLAIM_GN_160 = "GN+PN > GN at the paper's protocol"
+CLAIM_NB2_160 = "GN+PN > BN over 2 images per device at the paper's protocol"
+CLAIM_PAPER_160 = f"every norm within ±{PAPER_TOL} pp of the paper's Table 15 mean"
+DISAGREEMENT = [  # (label, run dir under RESULTS, how it was run)
+    ("committed row, seed 0", "full50k/gn+pn/seed0", "records ff46c6b only; start not recorded"),
+    ("committed row, seed 1", "full50k/gn+pn/seed1", "records ff46c6b only; start not recorded"),
+    ("replay at ff46c6b, seed 0", "full50k-replay/ff46c6b/gn+pn/seed0",
+     "started and finished at ff46c6b (worktree)"),
+    ("HEAD rerun, seed 0", "full50k-head/gn+pn/seed0", "history.jsonl"),
+    ("HEAD rerun, seed 1", "full50k-head/gn+pn/seed1", "history.jsonl"),
+]  # fmt: skip
+
+
+def _paper_run(name: str, seed: int) -> dict:
+    """One paper160 run: its per-epoch records, and final.json once it has finished."""
+    path = RESULTS / "paper160" / name / f"seed{seed}"
+    records = read_jsonl(path / "metrics.jsonl") if (path / "metrics.jsonl").exists() else []
+    return {"name": name, "seed": seed, "final": _final(path), "records": records,
+            "history": read_jsonl(path / "history.jsonl")
+            if (path / "history.jsonl").exists() else []}  # fmt: skip
+
+
+def paper160() -> dict:
+    """Per norm: the finished runs' test/train stats, and where the unfinished ones stand."""
+    out = {}
+    for name, seeds in PAPER_RUNS.items():
+        runs = [_paper_run(name, s) for s in seeds]
+        done = [r["final"] for r in runs if r["final"]]
+        out[name] = {
+            "test_acc": _stats([f["test_acc"] for f in done]),
+            "train_acc": _stats([f["train_acc"] for f in done]),
+            "running": [
+                {
+                    "seed": r["seed"],
+                    "epoch": r["records"][-1]["epoch"],
+                    "test_acc": r["records"][-1]["test_acc"],
+                    "train_acc": r["records"][-1]["train_acc"],
+                }
+                for r in runs
+                if r["records"] and not r["final"]
+            ],  # fmt: skip
+            "missing": [f"paper160/{name}/seed{r['seed']}" for r in runs if not r["final"]],
+            "curves": {
+                r["seed"]: {k: [m[k] for m in r["records"]] for k in ("test_acc", "train_acc")}
+                for r in runs
+                if r["records"]
+            },  # fmt: skip
+            "commits": sorted({h["commit"][:7] for r in runs for h in r["history"]}),
+        }
+    return out
+
+
+def _gap_at(pp: dict, a: str, b: str, key: str, epochs=(80, 120, 160)) -> str:
+    """a − b at the end of each lr phase, over the seeds both have reached that epoch with."""
+    parts = []
+    for e in epochs:
+        xs = [c[key][e - 1] for c in pp[a]["curves"].values() if len(c[key]) >= e]
+        ys = [c[key][e - 1] for c in pp[b]["curves"].values() if len(c[key]) >= e]
+        if xs and ys:
+            parts.append(f"epoch {e}: {sum(xs) / len(xs) - sum(ys) / len(ys):+.2f}")
+    return ", ".join(parts) or "no epoch reached by both"
+
+
+def _running_words(pp: dict, *names: str) -> str:
+    rows = [f"{n}/seed{r['seed']} at epoch {r['epoch']}/{PAPER_EPOCHS} (test {r['test_acc']:.2f})"
+            for n in names for r in pp[n]["running"]]  # fmt: skip
+    return "runs missing" + (f"; running: {', '.join(rows)}" if rows else "")
+
+
+def paper160_claims(pp: dict) -> list[dict]:
+    """The paper-protocol claims; open (holds None) until both sides have a finished run."""
+    out = []
+    for claim, a, b, margin in ((CLAIM_MATCH_160, "gn+pn", "bn", -MATCH_TOL),
+                                (CLAIM_GN_160, "gn+pn", "gn", 0.0),
+                                (CLAIM_NB2_160, "gn+pn", "bn-nb2", 0.0)):  # fmt: skip
+        x, y = pp[a]["test_acc"], pp[b]["test_acc"]
+        if not (x and y):
+            out.append({"claim": claim, "holds": None, "detail": _running_words(pp, a, b),
+                        "values": []})  # fmt: skip
+            continue
+        d = x["mean"] - y["mean"]
+        holds = d >= margin if margin else d > 0
+        out.append({"claim": claim, "holds": holds, "values": [x["mean"], y["mean"]],
+                    "detail": f"{a.upper()} {_fmt(x)} vs {b.upper()} {_fmt(y)}: {d:+.2f} pp "
+                              f"test; train {_gap_at(pp, a, b, 'train_acc', (160,))}; test gap "
+                              f"by phase: {_gap_at(pp, a, b, 'test_acc')}"})  # fmt: skip
+    done = {n: pp[n]["test_acc"] for n in PAPER if pp[n]["test_acc"]}
+    if len(done) < len(PAPER):
+        out.append({"claim": CLAIM_PAPER_160, "holds": None,
+                    "detail": _running_words(pp, *PAPER), "values": []})  # fmt: skip
+    else:
+        deltas = {n: st["mean"] - PAPER[n] for n, st in done.items()}
+        out.append({"claim": CLAIM_PAPER_160,
+                    "holds": all(abs(d) <= PAPER_TOL for d in deltas.values()),
+                    "detail": ", ".join(f"{n.upper()} {d:+.2f} pp" for n, d in deltas.items()),
+                    "values": list(deltas.values())})  # fmt: skip
+    return out
+
+
+def plot_paper160(pp: dict, path: Path) -> None:
+    """Per-epoch test (left) and train (right) accuracy of every paper160 run, one color per norm;
+    the paper's means as dotted lines."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, name in enumerate(PAPER_RUNS):
+        for j, (seed, c) in enumerate(sorted(pp[name]["curves"].items())):
+            for ax, key in zip(axes, ("test_acc", "train_acc"), strict=True):
+                label = f"{name.upper()}" if j == 0 else None
+                ax.plot(range(1, len(c[key]) + 1), c[key], color=f"C{i}", lw=1,
+                        ls=("-", "--", ":")[seed % 3], label=label)  # fmt: skip
+        if name in PAPER:
+            axes[0].axhline(PAPER[name], color=f"C{i}", ls=":", lw=0.8)
+    for ax, what in zip(axes, ("test", "train"), strict=True):
+        ax.set_xlim(0, PAPER_EPOCHS)
+        ax.set_ylim(60 if what == "test" else 50, 100)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{what} accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("resnet20, CIFAR-10 (JPEG), 50k images, the paper's 160-epoch recipe; seed 0 "
+                 "solid, 1 dashed, 2 dotted; dotted horizontals: the paper's means",
+                 fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def render_paper160(pp: dict, claims: list[dict]) -> list[str]:
+    """Table 15 side by side, the curves, the claims, and how the runs were run."""
+    lines = [
+        "## The paper's protocol on this CPU (Table 15)",
+        "",
+        "The `cifar` recipe as written: 160 epochs on all 50k images, batch 128, lr 0.1 with a "
+        "5-epoch warm-up, ÷10 at epochs 80 and 120, weight decay 1e-4, GN with 8 groups; one "
+        "thread per run, two runs at a time (`python experiments/cifar10_evidence.py --only "
+        "paper160 --reclaim`, which resumes each run from its checkpoint; each run's "
+        "`history.jsonl` records the commit it started and every commit it resumed at: "
+        + ", ".join(sorted({c for n in pp for c in pp[n]["commits"]})) + "). Compute path: eager "
+        "channels_last, with the C++ kernel for PN (`PROXYNORM_CPP=1`), the fastest path that "
+        "computes the same float32 function for every norm (`experiments/cifar10_paths.py` → "
+        "`experiments/results/cifar10_cpu/paper160/paths/paths.md`; compiled gains nothing for "
+        "GN and GN+PN). Ours: mean ± sample std over the finished seeds; the paper: 10 runs.",
+        "",
+        "| norm | ours, test | ours, train | paper (Table 15) | ours − paper | unfinished runs |",
+        "|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for name, row in pp.items():
+        t = row["test_acc"]
+        paper = f"{PAPER[name]} ± {PAPER_STD[name]}" if name in PAPER else "—"
+        delta = f"{t['mean'] - PAPER[name]:+.2f}" if t and name in PAPER else "—"
+        running = "; ".join(f"seed {r['seed']}: epoch {r['epoch']}, test {r['test_acc']:.2f}, "
+                            f"train {r['train_acc']:.2f}" for r in row["running"])  # fmt: skip
+        label = "BN over 2 images (`--norm-batch 2`)" if name == "bn-nb2" else name.upper()
+        lines.append(f"| {label} | {_fmt(t)} | {_fmt(row['train_acc'])} | {paper} | {delta} | "
+                     f"{running or '—'} |")  # fmt: skip
+    verdict = {True: "yes", False: "**no**", None: "open"}
+    lines += [
+        "",
+        "![test and train accuracy per epoch, 160-epoch runs](results/cifar10_cpu/paper160.png)",
+        "",
+        "| claim (targets of issue 31) | holds? | measured |",
+        "|---|---|---|",
+        *[f"| {c['claim']} | {verdict[c['holds']]} | {c['detail']} |" for c in claims],
+    ]
+    missing = [m for row in pp.values() for m in row["missing"]]
+    if missing:
+        lines += ["", f"Not finished yet ({len(missing)}): {', '.join(missing)}."]
+    return lines
+
+
+def disagreement() -> list[dict]:
+    """The 30-epoch GN+PN runs behind issue 31's disagreement, with their first epoch."""
+    rows = []
+    for label, rel, how in DISAGREEMENT:
+        f, m = _final(RESULTS / rel), read_jsonl(RESULTS / rel / "metrics.jsonl")
+        if f is None:
+            continue
+        rows.append(
+            {
+                "label": label,
+                "run": rel,
+                "how": how,
+                "test_acc": f["test_acc"],
+                "train_acc": f["train_acc"],
+                "commit": f["environment"]["commit"][:7],
+                "epoch1": {k: m[0][k] for k in ("train_loss", "train_acc", "test_acc")},
+            }
+        )
+    return rows
+
+
+def render_disagreement(rows: list[dict]) -> list[str]:
+    """Issue 31's first question: why the committed GN+PN rows sat 1.4 pp under a later run."""
+    if not rows:
+        return []
+    tests = [r["test_acc"] for r in rows]
+    seed0 = [f"{r['test_acc']:.2f} ({r['label'].split(',')[0]})" for r in rows
+             if r["run"].endswith("seed0")]  # fmt: skip
+    lines = [
+        "## The 30-epoch GN+PN disagreement, settled",
+        "",
+        "The committed GN+PN rows of the 30-epoch table (started, their `final.json` says, at "
+        "ff46c6b) were 1.2–1.4 pp under a run with the same flags at 206fdbd. Replays "
+        "(`experiments/results/cifar10_cpu/full50k-replay/README.md`, with the commands):",
+        "",
+        "| run | test | train | epoch 1: train loss / train / test | commit recorded | start |",
+        "|---|---|---|---|---|---|",
+        *[f"| {r['label']} (`{r['run']}`) | {r['test_acc']:.2f} | {r['train_acc']:.2f} | "
+          f"{r['epoch1']['train_loss']:.4f} / {r['epoch1']['train_acc']:.2f} / "
+          f"{r['epoch1']['test_acc']:.2f} | {r['commit']} | {r['how']} |" for r in rows],
+        "",
+        "- ff46c6b's code with these flags is bit-reproducible (`full50k-replay/short/`: 2000 "
+        "images, 3 epochs, identical metrics with `--probe 0` and `--probe 128`, at ff46c6b and "
+        "at 206fdbd), yet the replay at ff46c6b and the committed row part at epoch 1. So the "
+        "committed rows did not run ff46c6b's code from their first epoch: they were most "
+        "likely started at an earlier commit, and their environment records only the last one. "
+        "What exactly they started from cannot be recovered. The replay equals the filer's "
+        "84.71 at 206fdbd.",
+        "- The same code, seed and threads give other bits on another CPU vector instruction "
+        "set (`full50k-replay/isa_bits.py` → `isa_bits.json`: one resnet20 step's gradients "
+        "differ under AVX512, AVX2 and DEFAULT, for BN and GN+PN); every run now records the "
+        "CPU model, ATen's CPU capability and pillow in its environment and in each start and "
+        "resume of `history.jsonl` (tested in `tests/test_environment.py` and "
+        "`tests/train/test_loop.py`).",
+        f"- At 30 epochs, GN+PN runs with the same flags land anywhere in "
+        f"{min(tests):.2f}–{max(tests):.2f} (seed 0 alone, differing only in its bits: "
+        f"{', '.join(seed0)}), so a 30-epoch difference under about 1 pp between two single "
+        "runs says nothing. The 30-epoch table uses the HEAD reruns (`full50k-head/`) for "
+        "GN+PN; the committed rows stay in the repository, superseded.",
+    ]  # fmt: skip
+    return lines
 
 
 def render_gpu() -> list[str]:

@@ -71,3 +71,37 @@ def test_missing_full_data_runs_leave_their_claims_open():
     open_claims = [c for c in claims if c["holds"] is None]
     assert [c["detail"] for c in open_claims] == ["runs missing"]
     assert "keep BN" not in r.short_answer(claims)
+
+
+def _paper_row(finals=(), running=(), curve=None):
+    """A paper160 row: finished test accuracies, unfinished (seed, epoch, test) and one curve."""
+    curves = {0: {"test_acc": curve, "train_acc": curve}} if curve else {}
+    return {"test_acc": _st(sum(finals) / len(finals), len(finals)) if finals else None,
+            "train_acc": None, "curves": curves, "missing": [], "commits": [],
+            "running": [{"seed": s, "epoch": e, "test_acc": t, "train_acc": t}
+                        for s, e, t in running]}  # fmt: skip
+
+
+def test_paper_protocol_claims_stay_open_while_a_side_runs_and_follow_the_numbers_after():
+    r = _report()
+    pp = {"bn": _paper_row(running=[(0, 116, 87.3)]), "gn": _paper_row(),
+          "gn+pn": _paper_row([91.2]), "bn-nb2": _paper_row()}  # fmt: skip
+    claims = {c["claim"]: c for c in r.paper160_claims(pp)}
+    match = claims[r.CLAIM_MATCH_160]
+    assert match["holds"] is None and "bn/seed0 at epoch 116/160 (test 87.30)" in match["detail"]
+    assert claims[r.CLAIM_PAPER_160]["holds"] is None
+    assert "still running" in r.short_answer(list(claims.values()))
+
+    pp["bn"] = _paper_row([91.6], curve=[90.0] * 160)
+    pp["gn+pn"] = _paper_row([91.2], curve=[89.0] * 120)
+    pp["gn"] = _paper_row([90.9])
+    claims = {c["claim"]: c for c in r.paper160_claims(pp)}
+    assert claims[r.CLAIM_MATCH_160]["holds"] is False  # -0.40 < -0.3
+    assert "epoch 80: -1.00, epoch 120: -1.00" in claims[r.CLAIM_MATCH_160]["detail"]
+    assert claims[r.CLAIM_GN_160]["holds"] is True
+    assert claims[r.CLAIM_NB2_160]["holds"] is None  # BN over 2 images has not run
+    paper = claims[r.CLAIM_PAPER_160]
+    assert paper["holds"] is True and paper["values"] == pytest.approx([0.0, 0.1, -0.2])
+    pp["gn"] = _paper_row([90.2])
+    assert not {c["claim"]: c for c in r.paper160_claims(pp)}[r.CLAIM_PAPER_160]["holds"]
+    assert "does **not** hold" in r.short_answer(r.paper160_claims(pp))
