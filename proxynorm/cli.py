@@ -82,8 +82,11 @@ def _add_random_net_args(p: argparse.ArgumentParser, out: str) -> None:
                        help=f.metadata["help"] or None)  # fmt: skip
     g.add_argument("--realizations", type=_at_least(1), default=10, help="independent random nets")
     p.add_argument("--batch", type=_at_least(2), default=128, help="number of input images (>= 2)")
-    p.add_argument("--data", help="image-folder tree or zip for the input batch (e.g. "
-                   "../shared/data/cifar10-jpeg.zip); synthetic images when not given")
+    p.add_argument(
+        "--data",
+        help="image-folder tree or zip for the input batch (e.g. "
+        "../shared/data/cifar10-jpeg.zip); synthetic images when not given",
+    )
     p.add_argument("--out", default=out, help="output directory (PNG + JSON)")
 
 
@@ -160,7 +163,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     batches = labelled_batches(images=args.calibrate, **data) if args.calibrate else None
     if batches:
         print(f"calibrating on {args.calibrate} images of {args.data_dir}", flush=True)
-    kw = {k: getattr(args, k) for k in ("groups", "group_size") if getattr(args, k) is not None}
+    names = ("groups", "group_size", "reconstruct_steps", "distill_steps")
+    kw = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     converted, report = convert(model, args.norm, calibrate=batches, **kw)
     print(report)
     if args.evaluate:
@@ -193,16 +197,24 @@ def _parse_demo(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--depth", type=_at_least(1), default=30)
     p.add_argument("--width", type=_at_least(1), default=64)
-    p.add_argument("--batch", type=_at_least(2), default=16,
-                   help="inputs (>= 2: batch dependence changes the other inputs)")
+    p.add_argument(
+        "--batch",
+        type=_at_least(2),
+        default=16,
+        help="inputs (>= 2: batch dependence changes the other inputs)",
+    )
     p.add_argument("--size", type=_at_least(1), default=16, help="input height and width")
     p.add_argument("--seed", type=_at_least(0), default=0)
 
 
 def _parse_power(p: argparse.ArgumentParser) -> None:
     p.add_argument("--norms", default="bn,ln,in,gn,ln+pn,gn+pn", help="comma-separated norm specs")
-    p.add_argument("--checkpoint", nargs="+", metavar="PATH",
-                   help="trained checkpoints to analyse instead of random nets (eval mode)")
+    p.add_argument(
+        "--checkpoint",
+        nargs="+",
+        metavar="PATH",
+        help="trained checkpoints to analyse instead of random nets (eval mode)",
+    )
     _add_random_net_args(p, "runs/power")
 
 
@@ -213,14 +225,20 @@ def _parse_theory(p: argparse.ArgumentParser) -> None:
 
 
 def _parse_bench(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", default="resnet20,resnet50",
-                   help="resnet20 (batch 128), resnet50 (batch 16, 128x128), resnet50r (quarter "
-                   "width, 64x64, batch 8); -bN sets the batch, e.g. resnet20-b1,resnet50r-b2")
+    p.add_argument(
+        "--models",
+        default="resnet20,resnet50",
+        help="resnet20 (batch 128), resnet50 (batch 16, 128x128), resnet50r (quarter "
+        "width, 64x64, batch 8); -bN sets the batch, e.g. resnet20-b1,resnet50r-b2",
+    )
     p.add_argument("--repeats", type=_at_least(1), default=10, help="timed rounds per model")
     p.add_argument("--compile", default="", help="models to also time under torch.compile")
     p.add_argument("--threads", type=_at_least(0), default=0, help="torch threads (0: default)")
-    p.add_argument("--cpp", action="store_true",
-                   help="also time eager GN+PN with the opt-in C++ kernel (built on first use)")
+    p.add_argument(
+        "--cpp",
+        action="store_true",
+        help="also time eager GN+PN with the opt-in C++ kernel (built on first use)",
+    )
     p.add_argument("--out", default="runs/bench", help="output directory (JSON + Markdown)")
 
 
@@ -250,6 +268,8 @@ def _parse_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="the data of --calibrate and --evaluate (dir or zip)")
     p.add_argument("--calibrate", type=_at_least(0), default=2048,
                    help="calibration images of the training split (0: none)")  # fmt: skip
+    p.add_argument("--reconstruct-steps", type=_at_least(0), help="then Adam steps per block")
+    p.add_argument("--distill-steps", type=_at_least(0), help="then whole-model distillation")
     p.add_argument("--image-size", type=_at_least(1), default=224, help="image folders only")
     p.add_argument("--evaluate", action="store_true", help="test accuracy before and after")
     p.add_argument("--out", required=True, help="the converted checkpoint (.pt)")

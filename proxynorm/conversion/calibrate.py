@@ -10,7 +10,11 @@ statistics that GN removes, and no fixed affine of ``y`` equals it unless they a
 
 The calibration goes through the converted layers in depth order. Each one is fitted on the
 outputs of the already calibrated earlier layers (the converted model's own ``y``), against the
-BN model's activations at the same layer (the BN model's own forward), so errors do not pile up:
+BN model's activations at the same layer (the BN model's own forward), so errors do not pile up.
+Both models are streamed block by block (:mod:`proxynorm.conversion.blocks`: residual blocks,
+stem, head): the images go through each block once its layers are calibrated, and only the
+current block's inputs are kept, so a layer's activations come from a forward of its own block,
+not of the model from its input, and the cost grows linearly with depth:
 
 1. **Pre-activation fit.** Per channel c, least squares over all samples and positions
 
@@ -37,13 +41,17 @@ Layers whose BN was not followed by an activation (before residual adds) get ste
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from proxynorm.conversion.blocks import BlockRunner, plan, split
+from proxynorm.conversion.fx import trace_holders
 from proxynorm.layers import BatchNormAct2d, NormAct, ProxyNormAct
 
 
@@ -112,7 +120,9 @@ def bn_affine(m: nn.Module) -> tuple[Tensor, Tensor]:
     return a, b
 
 
-def _batches(inputs: Tensor | Iterable) -> list[Tensor]:
+def input_batches(inputs: Tensor | Iterable) -> list[Tensor]:
+    """The image batches of ``inputs``: a tensor, or an iterable of tensors or ``(x, ...)``
+    tuples (only ``x`` is read: labels, when given, are never looked at)."""
     if isinstance(inputs, Tensor):
         return [inputs]
     out = [b[0] if isinstance(b, list | tuple) else b for b in inputs]
@@ -121,25 +131,36 @@ def _batches(inputs: Tensor | Iterable) -> list[Tensor]:
     return out
 
 
-def _capture(model: nn.Module, x: Tensor, wants: dict[str, str]) -> dict[str, Tensor]:
-    """Run ``model(x)`` until every ``{module name: "in" | "out"}`` in ``wants`` is captured."""
+@dataclass
+class _Side:
+    """One model as the calibration streams it: the current block's forward, the model's
+    modules by name (for hooks), and the block's inputs (one tensor per batch)."""
+
+    forward: Callable[[Tensor], Any]
+    modules: dict[str, nn.Module]
+    inputs: list[Tensor]
+
+
+def _capture(side: _Side, x: Tensor, wants: dict[str, str]) -> dict[str, Tensor]:
+    """Run the block on ``x`` until every ``{module name: "in" | "out"}`` in ``wants`` is
+    captured."""
     got: dict[str, Tensor] = {}
     handles = []
-    modules = dict(model.named_modules())
+    modules = side.modules
 
     def grab(name: str, t: Tensor) -> None:
         got[name] = t.detach()
         if len(got) == len(wants):
             raise _Stop
 
-    for name, side in wants.items():
+    for name, where in wants.items():
         m = modules[name]
-        if side == "in":
+        if where == "in":
             handles.append(m.register_forward_pre_hook(lambda _m, a, n=name: grab(n, a[0])))
         else:
             handles.append(m.register_forward_hook(lambda _m, a, o, n=name: grab(n, o)))
     try:
-        model(x)
+        side.forward(x)
     except _Stop:
         pass
     finally:
@@ -147,7 +168,7 @@ def _capture(model: nn.Module, x: Tensor, wants: dict[str, str]) -> dict[str, Te
             h.remove()
     missing = set(wants) - set(got)
     if missing:
-        raise ValueError(f"calibration: {sorted(missing)} did not run in the forward pass")
+        raise ValueError(f"calibration: {sorted(missing)} did not run in its block")
     return got
 
 
@@ -212,7 +233,7 @@ def calibrate(
     Deterministic given the inputs; both models are run in eval mode without gradients and put
     back in their modes; ``original`` is not changed.
     """
-    batches = _batches(inputs)
+    batches = input_batches(inputs)
     modes = {m: m.training for m in (*converted.modules(), *original.modules())}
     converted.eval()
     original.eval()
@@ -221,17 +242,24 @@ def calibrate(
         consumers = _consumers(converted, converted_layers)
         last_producer = {c: max(i for i, (_, cs) in enumerate(consumers) if c in cs)
                          for _, cs in consumers for c in cs}  # fmt: skip
-        orig_modules = dict(original.named_modules())
-        for i, (name, _) in enumerate(consumers):
-            layer = converted.get_submodule(name)
-            report.layers.append(
-                _fit_layer(converted, original, orig_modules, name, layer, batches)
-            )
-            ready = [c for c, last in last_producer.items() if last == i]
-            for c in ready:
-                report.consumers.append(
-                    _refit_consumer(converted, original, c, batches, ridge, report)
-                )
+        teacher = fx.GraphModule(original, trace_holders(original, training=False))
+        ends = plan(converted, teacher, set(converted_layers))
+        rc, rt = BlockRunner(converted), BlockRunner(teacher)
+        conv = _Side(converted, dict(converted.named_modules()), batches)
+        orig = _Side(original, dict(original.named_modules()), batches)
+        blocks = list(zip(split(converted, ends), split(teacher, ends), strict=True))
+        for k, (bc, bt) in enumerate(blocks):
+            conv.forward = functools.partial(rc.block, bc)
+            orig.forward = functools.partial(rt.block, bt)
+            for i, (name, _) in enumerate(consumers):
+                if name not in bc.modules:
+                    continue
+                report.layers.append(_fit_layer(conv, orig, name))
+                for c in [c for c, last in last_producer.items() if last == i]:
+                    report.consumers.append(_refit_consumer(conv, orig, c, ridge, report))
+            if k + 1 < len(blocks):  # the next block's inputs
+                conv.inputs = [conv.forward(x) for x in conv.inputs]
+                orig.inputs = [orig.forward(x) for x in orig.inputs]
     finally:
         for m, mode in modes.items():
             m.training = mode
@@ -267,17 +295,18 @@ def _consumers(gm: fx.GraphModule, layers: list[str]) -> list[tuple[str, list[st
     return order
 
 
-def _fit_layer(converted, original, orig_modules, name: str, layer: NormAct, batches) -> LayerFit:
+def _fit_layer(conv: _Side, orig: _Side, name: str) -> LayerFit:
     """Step 1 (and 2 for PN): per-channel least squares of the BN pre-activation on y."""
-    a, b = bn_affine(orig_modules[name])
+    layer: NormAct = conv.modules[name]
+    a, b = bn_affine(orig.modules[name])
     c = a.numel()
     sums = {k: torch.zeros(c, dtype=torch.float64) for k in ("y", "v", "yy", "vv", "yv")}
     sums["n"] = torch.zeros((), dtype=torch.float64)
-    for x in batches:
-        bn_in = _capture(original, x, {name: "in"})[name].double()
+    for xc, xo in zip(conv.inputs, orig.inputs, strict=True):
+        bn_in = _capture(orig, xo, {name: "in"})[name].double()
         shape = (1, -1, *[1] * (bn_in.dim() - 2))
         v = a.view(shape) * bn_in + b.view(shape)
-        y = layer.norm(_capture(converted, x, {name: "in"})[name]).double()
+        y = layer.norm(_capture(conv, xc, {name: "in"})[name]).double()
         dims = [0, *range(2, y.dim())]
         sums["y"] += y.sum(dims)
         sums["v"] += v.sum(dims)
@@ -301,15 +330,15 @@ def _fit_layer(converted, original, orig_modules, name: str, layer: NormAct, bat
     return LayerFit(name, c, before, _r2(sums, gamma, beta))
 
 
-def _refit_consumer(converted, original, name: str, batches, ridge: float, report) -> ConsumerFit:
+def _refit_consumer(conv: _Side, orig: _Side, name: str, ridge: float, report) -> ConsumerFit:
     """Step 3: ridge least squares of the module's weights from its converted input to the BN
     model's output of the same module."""
-    m = converted.get_submodule(name)
+    m = conv.modules[name]
     gram = rhs = None
     target_ss = 0.0
-    for x in batches:
-        inp = _capture(converted, x, {name: "in"})[name]
-        out = _capture(original, x, {name: "out"})[name]
+    for xc, xo in zip(conv.inputs, orig.inputs, strict=True):
+        inp = _capture(conv, xc, {name: "in"})[name]
+        out = _capture(orig, xo, {name: "out"})[name]
         for i, o in zip(inp.split(32), out.split(32), strict=True):  # bounded im2col memory
             p, t = _unfold(m, i), _targets(m, o)
             g_, r_ = p.transpose(1, 2) @ p, p.transpose(1, 2) @ t

@@ -52,6 +52,7 @@ class ConversionReport:
     regrouped: list[str] = field(default_factory=list)  # "name: C channels, G groups (why)"
     mode_dependent: list[str] = field(default_factory=list)  # calls that follow .train()/.eval()
     calibration: Any = None  # a CalibrationReport when convert(..., calibrate=...) was used
+    reconstruction: Any = None  # a ReconstructionReport when reconstruct_steps/distill_steps
 
     @property
     def converted(self) -> list[str]:
@@ -73,6 +74,8 @@ class ConversionReport:
         lines += [f"  {why}" for why in self.left]
         if self.calibration is not None:
             lines.append(str(self.calibration))
+        if self.reconstruction is not None:
+            lines.append(str(self.reconstruction))
         return "\n".join(lines)
 
 
@@ -183,6 +186,9 @@ def convert(
     group_size: int | None = None,
     act: Any = None,
     calibrate: Tensor | Iterable | None = None,
+    reconstruct_steps: int = 0,
+    distill_steps: int = 0,
+    seed: int = 0,
     **norm_kwargs: Any,
 ) -> tuple[fx.GraphModule, ConversionReport]:
     """Replace the BatchNorms of ``model`` by ``norm``'s layers (see the module docstring).
@@ -199,6 +205,12 @@ def convert(
             the converted layers' parameters, and refit the convolutions that read them, so that
             the converted model reproduces ``model``'s activations in eval mode
             (:mod:`proxynorm.conversion.calibrate`; the fit is in ``report.calibration``).
+            Only the images are read (labels of ``(x, y)`` pairs are ignored).
+        reconstruct_steps: after the calibration, optimizer steps per residual block that
+            reproduce the BN model's block outputs on the ``calibrate`` images
+            (:mod:`proxynorm.conversion.reconstruct`; ``report.reconstruction``); 0: none.
+        distill_steps: then, steps of whole-model distillation of the BN model's outputs.
+        seed: seeds the reconstruction's mini-batch draws.
         **norm_kwargs: other options of the norm-act layers (``proxy_eps``, ``n_samples``...).
 
     Returns:
@@ -229,10 +241,19 @@ def convert(
                 "there is nothing to calibrate"
             )
         from proxynorm.conversion.calibrate import calibrate as run_calibration
+        from proxynorm.conversion.calibrate import input_batches
+        from proxynorm.conversion.reconstruct import reconstruct
 
+        calibrate = input_batches(calibrate)  # read once: a loader may be a one-pass iterator
         report.calibration = run_calibration(gm, model, report.converted, calibrate)
         if hasattr(gm, "config"):
             gm.config["biased"] = list(report.calibration.biased)
+        if reconstruct_steps or distill_steps:
+            report.reconstruction = reconstruct(gm, model, report.converted, calibrate,
+                                                steps=reconstruct_steps, seed=seed,
+                                                distill_steps=distill_steps)  # fmt: skip
+    elif reconstruct_steps or distill_steps:
+        raise ValueError("reconstruct_steps/distill_steps need calibrate= images")
     return gm, report
 
 
