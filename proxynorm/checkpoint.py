@@ -71,14 +71,16 @@ def resolve_model(
     model: str | None = None,
     norm: str = "bn",
     model_kwargs: dict[str, Any] | None = None,
+    pretrained: str | None = None,
 ) -> tuple[nn.Module, str]:
     """The model a user names on the command line, and a title for reports.
 
     Exactly one of: ``checkpoint`` (a :func:`save_model` file), ``torchvision`` / ``timm`` (a model
     name, random init or the local state dict ``weights``, with ``num_classes``), or ``model``
-    (a :func:`create_model` name with ``norm`` and ``model_kwargs``, random init). A model from a
-    library carries ``config = {lib: name, "kwargs": ...}`` so that its conversion can be saved
-    and rebuilt.
+    (a :func:`create_model` name with ``norm`` and ``model_kwargs``, random init), or
+    ``pretrained`` (``"<model>/<norm>"``: weights shipped in ``proxynorm/pretrained/``). A model
+    from a library carries ``config = {lib: name, "kwargs": ...}`` so that its conversion can be
+    saved and rebuilt.
 
     Raises:
         ValueError: not exactly one source, or ``weights`` without a library model.
@@ -86,13 +88,19 @@ def resolve_model(
     """
     from proxynorm.conversion.source import build_source
 
-    given = [k for k, v in (("checkpoint", checkpoint), ("torchvision", torchvision),
-                            ("timm", timm), ("model", model)) if v]  # fmt: skip
+    sources = (("checkpoint", checkpoint), ("torchvision", torchvision), ("timm", timm),
+               ("model", model), ("pretrained", pretrained))  # fmt: skip
+    given = [k for k, v in sources if v]
     if len(given) != 1:
         raise ValueError(
             f"give exactly one model source, got {', '.join('--' + g for g in given) or 'none'}: "
-            "--checkpoint PATH, --torchvision NAME, --timm NAME (diagnose: or --model NAME)"
+            "--checkpoint PATH, --pretrained MODEL/NORM, --torchvision NAME, --timm NAME "
+            "(diagnose: or --model NAME)"
         )
+    if pretrained:
+        name, _, spec = pretrained.partition("/")
+        found = create_model(name, norm=spec or "bn", pretrained=True)
+        return found, f"{pretrained} (pretrained, test {found.pretrained['test_acc']:.2f}%)"
     if weights and not (torchvision or timm):
         raise ValueError("--weights is for --torchvision / --timm models")
     if model:

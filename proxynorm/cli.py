@@ -82,11 +82,8 @@ def _add_random_net_args(p: argparse.ArgumentParser, out: str) -> None:
                        help=f.metadata["help"] or None)  # fmt: skip
     g.add_argument("--realizations", type=_at_least(1), default=10, help="independent random nets")
     p.add_argument("--batch", type=_at_least(2), default=128, help="number of input images (>= 2)")
-    p.add_argument(
-        "--data",
-        help="image-folder tree or zip for the input batch (e.g. "
-        "../shared/data/cifar10-jpeg.zip); synthetic images when not given",
-    )
+    p.add_argument("--data", help="image-folder tree or zip for the input batch (e.g. "
+                   "../shared/data/cifar10-jpeg.zip); synthetic images when not given")
     p.add_argument("--out", default=out, help="output directory (PNG + JSON)")
 
 
@@ -144,8 +141,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _source(args: argparse.Namespace, **model: object):
     from proxynorm.checkpoint import resolve_model
 
-    return resolve_model(checkpoint=args.checkpoint, torchvision=args.torchvision, timm=args.timm,
-                         weights=args.weights, num_classes=args.num_classes, **model)  # fmt: skip
+    keys = ("checkpoint", "pretrained", "torchvision", "timm", "weights", "num_classes")
+    return resolve_model(**{k: getattr(args, k) for k in keys}, **model)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -197,24 +194,16 @@ def _parse_demo(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--depth", type=_at_least(1), default=30)
     p.add_argument("--width", type=_at_least(1), default=64)
-    p.add_argument(
-        "--batch",
-        type=_at_least(2),
-        default=16,
-        help="inputs (>= 2: batch dependence changes the other inputs)",
-    )
+    p.add_argument("--batch", type=_at_least(2), default=16,
+                   help="inputs (>= 2: batch dependence changes the other inputs)")
     p.add_argument("--size", type=_at_least(1), default=16, help="input height and width")
     p.add_argument("--seed", type=_at_least(0), default=0)
 
 
 def _parse_power(p: argparse.ArgumentParser) -> None:
     p.add_argument("--norms", default="bn,ln,in,gn,ln+pn,gn+pn", help="comma-separated norm specs")
-    p.add_argument(
-        "--checkpoint",
-        nargs="+",
-        metavar="PATH",
-        help="trained checkpoints to analyse instead of random nets (eval mode)",
-    )
+    p.add_argument("--checkpoint", nargs="+", metavar="PATH",
+                   help="trained checkpoints to analyse instead of random nets (eval mode)")
     _add_random_net_args(p, "runs/power")
 
 
@@ -225,20 +214,14 @@ def _parse_theory(p: argparse.ArgumentParser) -> None:
 
 
 def _parse_bench(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--models",
-        default="resnet20,resnet50",
-        help="resnet20 (batch 128), resnet50 (batch 16, 128x128), resnet50r (quarter "
-        "width, 64x64, batch 8); -bN sets the batch, e.g. resnet20-b1,resnet50r-b2",
-    )
+    p.add_argument("--models", default="resnet20,resnet50",
+                   help="resnet20 (batch 128), resnet50 (batch 16, 128x128), resnet50r (quarter "
+                   "width, 64x64, batch 8); -bN sets the batch, e.g. resnet20-b1,resnet50r-b2")
     p.add_argument("--repeats", type=_at_least(1), default=10, help="timed rounds per model")
     p.add_argument("--compile", default="", help="models to also time under torch.compile")
     p.add_argument("--threads", type=_at_least(0), default=0, help="torch threads (0: default)")
-    p.add_argument(
-        "--cpp",
-        action="store_true",
-        help="also time eager GN+PN with the opt-in C++ kernel (built on first use)",
-    )
+    p.add_argument("--cpp", action="store_true",
+                   help="also time eager GN+PN with the opt-in C++ kernel (built on first use)")
     p.add_argument("--out", default="runs/bench", help="output directory (JSON + Markdown)")
 
 
@@ -253,6 +236,7 @@ def _parse_export(p: argparse.ArgumentParser) -> None:
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="a proxynorm checkpoint (.pt)")
+    p.add_argument("--pretrained", metavar="MODEL/NORM", help="shipped weights: resnet20/bn")
     p.add_argument("--torchvision", metavar="NAME", help="a torchvision model instead")
     p.add_argument("--timm", metavar="NAME", help="a timm model instead")
     p.add_argument("--weights", help="a local state dict for --torchvision / --timm")

@@ -51,6 +51,16 @@ def _resolve_is_compiling():
 _is_compiling = _resolve_is_compiling()
 
 
+def cl_crash(x: Tensor) -> bool:
+    """Whether PyTorch's CPU ``native_group_norm_backward`` would crash on ``x`` if not asked
+    for the input's gradient: with a channels_last input and ``grad_input_mask[0]`` false it
+    segfaults (torch 2.13, also through ``nn.GroupNorm``; a frozen stem or reconstructing one
+    block of a channels_last model hits it). Callers then ask for that gradient and drop it."""
+    return x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous(
+        memory_format=torch.channels_last
+    ) and not x.is_contiguous()
+
+
 def group_norm(x: Tensor, groups: int, w: Tensor | None, b: Tensor | None, eps: float):
     """``(out, mean, rstd)`` of PyTorch's native GroupNorm kernel on ``x`` (dense in its own
     memory format), with its affine ``w``, ``b`` (under ``torch.jit.trace``: ``(out, None,
@@ -65,6 +75,10 @@ def group_norm(x: Tensor, groups: int, w: Tensor | None, b: Tensor | None, eps: 
         return torch.group_norm(x, groups, w, b, eps), None, None
     n, c = x.shape[0], x.shape[1]
     hw = x.numel() // max(n * c, 1)
+    params_need_grad = any(t is not None and t.requires_grad for t in (w, b))
+    crash = params_need_grad and not x.requires_grad and cl_crash(x)
+    if crash and torch.is_grad_enabled() and not compiling():
+        x = x.detach().requires_grad_()  # its gradient is computed and dropped (see cl_crash)
     out, mean, rstd = torch.ops.aten.native_group_norm(x, w, b, n, c, hw, groups, eps)
     if (
         x.device.type == "cpu"

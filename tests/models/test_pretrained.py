@@ -106,3 +106,17 @@ def test_shipped_model_loads_and_keeps_its_recorded_test_accuracy(key):
 
     batches = labelled_batches("cifar10", CIFAR_ZIP, train=False, batch_size=500)
     assert accuracy(model, batches) == pytest.approx(about["test_acc"], abs=0.05)
+
+
+def test_command_line_source_pretrained_names_model_and_norm(weights_dir):
+    from proxynorm.checkpoint import resolve_model
+
+    model, _ = ship_small(weights_dir)
+    found, title = resolve_model(pretrained="resnet20/gn+pn")
+    want, got = model.state_dict(), found.state_dict()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert title == "resnet20/gn+pn (pretrained, test 10.00%)"
+    with pytest.raises(ValueError, match="available: resnet20/gn"):
+        resolve_model(pretrained="resnet20/bn")
+    with pytest.raises(ValueError, match="exactly one model source"):
+        resolve_model(pretrained="resnet20/gn+pn", checkpoint="x.pt")

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from proxynorm.layers import kernels
 from proxynorm.layers.activation import Act, get_act
-from proxynorm.layers.kernels import as_dtype, dense, group_norm, memory_format, upcast
+from proxynorm.layers.kernels import as_dtype, cl_crash, dense, group_norm, memory_format, upcast
 from proxynorm.layers.pn import cpp
 from proxynorm.layers.pn.stats import (
     closed_form,
@@ -169,8 +169,9 @@ class _ProxyNormActFunction(torch.autograd.Function):
                 c,
                 hw,
                 groups,
-                [need_x, True, True],
+                [need_x or cl_crash(xf), True, True],
             )
+            gx = gx if need_x else None
         gsum = _sum_but_channels(gf)
         if act.homogeneous:  # Σ g φ(u) = Σ g φ'(u) u (Euler): no extra pass
             grad_r = torch.addcmul(torch.addcmul(w * gw, b, gb), m, gsum, value=-1.0)

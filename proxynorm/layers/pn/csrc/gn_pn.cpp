@@ -312,9 +312,15 @@ struct GroupNormProxyAct : public torch::autograd::Function<GroupNormProxyAct> {
     const double n = static_cast<double>(qs.n());
 
     auto [go, gsum] = masked_grad(grads[0], out, lo, relu);  // go = g phi'(u); sum of g
+    // A channels_last CPU input without its gradient requested crashes PyTorch's kernel
+    // (kernels.cl_crash): ask for it then, and drop it.
+    const bool need_x = ctx->needs_input_grad(0);
+    const bool cl = x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+                    !x.is_contiguous();
     auto [gx, gw_t, gb_t] = at::native_group_norm_backward(
         go, x, saved[9], saved[10], wr, N, C, HW, ctx->saved_data["groups"].toInt(),
-        {ctx->needs_input_grad(0), true, true});
+        {need_x || cl, true, true});
+    if (!need_x) gx = Tensor();
     const std::vector<double> gwy = to_vec(gw_t), gby = to_vec(gb_t);  // sum go y, sum go
 
     std::vector<double> grad_w(C), grad_b(C), grad_pw(C), grad_pb(C);
