@@ -184,8 +184,18 @@ def main() -> None:
         "print(report.calibration)  # per layer: R² of the BN pre-activation, before -> after",
         "```",
         "",
-        "or from the command line (a proxynorm checkpoint, or `--torchvision NAME` / `--timm "
-        "NAME` with `--weights FILE`):",
+        "After the closed form, `reconstruct_steps=N` optimizes each residual block's parameters "
+        "for N Adam steps so that the block reproduces the BN model's block output on the same "
+        "unlabeled images, each block fed the converted model's own inputs, and "
+        "`distill_steps=N` then distills the whole model's output "
+        "(`proxynorm/conversion/reconstruct.py`; `report.reconstruction` gives each block's "
+        "relative output error before -> after; `--reconstruct-steps`, `--distill-steps` on the "
+        "command line). Both stream the images through the model block by block "
+        "(`proxynorm/conversion/blocks.py`), so their cost, like the closed form's, grows "
+        "linearly with depth. Labels are never read: an iterable of image batches is enough.",
+        "",
+        "From the command line (a proxynorm checkpoint, `--pretrained resnet20/bn` for the "
+        "shipped weights, or `--torchvision NAME` / `--timm NAME` with `--weights FILE`):",
         "",
         "```bash",
         "proxynorm convert --checkpoint bn.pt --norm gn+pn --groups 8 --data cifar10 "
