@@ -57,21 +57,22 @@ def one(name: str, draw: int, teacher: nn.Module, base: dict, train, test, args)
     cal = prepare(train.images[idx])
     kw = {"groups": groups} if groups else {}
     result = {**base, "conversion": name, "spec": spec, "groups": groups, "draw": draw,
-              "images": args.images, "steps": args.steps,
+              "images": args.images, "steps": args.steps, "lr": args.lr,
               "distill_steps": args.distill}  # fmt: skip
     t0 = time.perf_counter()
     model, report = convert(teacher, spec, calibrate=list(cal.split(256)), **kw)
     result["closed_form"] = {"test_acc": accuracy(model, test),
                              "seconds": time.perf_counter() - t0}  # fmt: skip
     t0 = time.perf_counter()
-    rec = reconstruct(model, teacher, report.converted, cal, steps=args.steps, seed=draw)
+    rec = reconstruct(model, teacher, report.converted, cal, steps=args.steps, seed=draw,
+                      lr=args.lr)
     result["reconstructed"] = {"test_acc": accuracy(model, test),
                                "seconds": time.perf_counter() - t0,
                                "blocks": [vars(b) for b in rec.blocks]}  # fmt: skip
     if args.distill:
         t0 = time.perf_counter()
         rec = reconstruct(model, teacher, report.converted, cal, steps=0, seed=draw,
-                          distill_steps=args.distill)  # fmt: skip
+                          lr=args.lr, distill_steps=args.distill)  # fmt: skip
         result["distilled"] = {"test_acc": accuracy(model, test),
                                "seconds": time.perf_counter() - t0, "output_error": rec.distill}
     for stage in ("closed_form", "reconstructed", "distilled"):
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--draws", default="0,1", help="seeds of the calibration image draws")
     p.add_argument("--conversions", default=",".join(CONVERSIONS), help="names of CONVERSIONS")
     p.add_argument("--steps", type=int, default=200, help="reconstruction steps per block")
+    p.add_argument("--lr", type=float, default=1e-3, help="reconstruction Adam lr (distill: /10)")
     p.add_argument("--distill", type=int, default=200, help="distillation steps (0: none)")
     p.add_argument("--out", type=Path, default=ROOT / "experiments/results/conversion/kept")
     args = p.parse_args(argv)

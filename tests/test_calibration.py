@@ -178,3 +178,19 @@ def test_cli_convert_calibrates_saves_and_loads(tmp_path, capsys):
     with torch.no_grad():  # the saved model is the calibrated one, not a fresh conversion
         plain, _ = convert(bn, "gn+pn", groups=2)
         assert not torch.allclose(converted(x), plain.eval()(x))
+
+
+def test_a_max_pool_between_a_layer_and_its_conv_passes_pns_scale_and_shift_to_the_conv():
+    """torchvision's stem: conv-bn-relu-maxpool-conv. Max pooling commutes with PN's positive
+    per-channel scale and shift, so the conv after it absorbs them (and the fold too)."""
+    from proxynorm.conversion import fold
+
+    model = _bn_model(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
+                                    nn.ReLU(), nn.MaxPool2d(3, 2, 1), nn.Conv2d(8, 4, 3)))  # fmt: skip
+    x = 1.5 * torch.randn(128, 3, 16, 16) + 0.3
+    calibrated, report = convert(model, "gn+pn", groups=2, calibrate=x)
+    assert [c.name for c in report.calibration.consumers] == ["4"]
+    assert report.calibration.consumers[0].rel_error_after < 0.5
+    folded, _ = fold(calibrated.eval())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x[:8]), calibrated(x[:8]), rtol=1e-4, atol=1e-4)

@@ -21,8 +21,11 @@ from proxynorm.layers import NormAct, ProxyNormAct
 from proxynorm.layers.pn.folded import FoldedProxyAct
 
 # Ops through which a per-channel constant shift passes unchanged (eval mode).
-_PASS_MODULES = (nn.AdaptiveAvgPool2d, nn.Dropout, nn.Flatten, nn.Identity)
-_PASS_FUNCTIONS = (F.adaptive_avg_pool2d, torch.flatten, F.dropout)
+# Max pooling pads with -inf, so it commutes with a per-channel shift and positive scale exactly.
+_PASS_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.MaxPool2d, nn.Dropout, nn.Flatten,
+                 nn.Identity)  # fmt: skip
+_PASS_FUNCTIONS = (F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.max_pool2d, torch.flatten,
+                   F.dropout)  # fmt: skip
 _PASS_METHODS = ("flatten", "mean")
 
 
@@ -55,8 +58,8 @@ def _replace(module: nn.Module, prefix: str, report: FoldReport) -> None:
 
 
 def passes_shift(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """Whether ``node`` passes a per-channel constant shift through unchanged (eval mode):
-    average pooling, flatten, dropout, identity."""
+    """Whether ``node`` passes a per-channel constant shift (and positive scale) through
+    unchanged (eval mode): adaptive average pooling, max pooling, flatten, dropout, identity."""
     if node.op == "call_module":
         return isinstance(modules[node.target], _PASS_MODULES)
     if node.op == "call_function":
