@@ -185,8 +185,8 @@ def test_a_max_pool_between_a_layer_and_its_conv_passes_pns_scale_and_shift_to_t
     per-channel scale and shift, so the conv after it absorbs them (and the fold too)."""
     from proxynorm.conversion import fold
 
-    model = _bn_model(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
-                                    nn.ReLU(), nn.MaxPool2d(3, 2, 1), nn.Conv2d(8, 4, 3)))  # fmt: skip
+    stem = [nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU()]
+    model = _bn_model(nn.Sequential(*stem, nn.MaxPool2d(3, 2, 1), nn.Conv2d(8, 4, 3)))
     x = 1.5 * torch.randn(128, 3, 16, 16) + 0.3
     calibrated, report = convert(model, "gn+pn", groups=2, calibrate=x)
     assert [c.name for c in report.calibration.consumers] == ["4"]
