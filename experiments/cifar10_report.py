@@ -489,6 +489,8 @@ def short_answer(claims: list[dict]) -> str:
                      "open until both sides finish.")  # fmt: skip
     elif paper:
         verb = "holds" if paper["holds"] else "does **not** hold"
+        if paper.get("single"):
+            verb = "holds so far" if paper["holds"] else "misses its margin so far"
         parts.append(f"At the paper's own protocol (160 epochs) \"GN+PN matches BN\" {verb}: "
                      f"{paper['detail']}.")  # fmt: skip
     gn = by.get(CLAIM_GN_50K)
@@ -706,21 +708,33 @@ def paper160_claims(pp: dict) -> list[dict]:
             continue
         d = x["mean"] - y["mean"]
         holds = d >= margin if margin else d > 0
+        # one seed a side: the paper's seed std (0.2-0.3 pp) is as large as the margin
+        single = " (one seed a side: not conclusive)" if min(x["n"], y["n"]) < 2 else ""
         out.append({"claim": claim, "holds": holds, "values": [x["mean"], y["mean"]],
+                    "single": bool(single),
                     "detail": f"{a.upper()} {_fmt(x)} vs {b.upper()} {_fmt(y)}: {d:+.2f} pp "
-                              f"test; train {_gap_at(pp, a, b, 'train_acc', (160,))}; test gap "
-                              f"by phase: {_gap_at(pp, a, b, 'test_acc')}"})  # fmt: skip
-    done = {n: pp[n]["test_acc"] for n in PAPER if pp[n]["test_acc"]}
-    if len(done) < len(PAPER):
-        out.append({"claim": CLAIM_PAPER_160, "holds": None,
-                    "detail": _running_words(pp, *PAPER), "values": []})  # fmt: skip
-    else:
-        deltas = {n: st["mean"] - PAPER[n] for n, st in done.items()}
-        out.append({"claim": CLAIM_PAPER_160,
-                    "holds": all(abs(d) <= PAPER_TOL for d in deltas.values()),
-                    "detail": ", ".join(f"{n.upper()} {d:+.2f} pp" for n, d in deltas.items()),
-                    "values": list(deltas.values())})  # fmt: skip
+                              f"test{single}; train {_gap_at(pp, a, b, 'train_acc', (160,))}; "
+                              f"test gap by phase: {_gap_at(pp, a, b, 'test_acc')}"})  # fmt: skip
+    out.append(_paper_tolerance_claim(pp))
     return out
+
+
+def _paper_tolerance_claim(pp: dict) -> dict:
+    """Each finished norm against Table 15; it fails as soon as one finished norm is out of the
+    tolerance (unfinished ones are named), and holds only once every norm is in."""
+    done = {n: pp[n]["test_acc"] for n in PAPER if pp[n]["test_acc"]}
+    if not done:
+        return {"claim": CLAIM_PAPER_160, "holds": None, "values": [],
+                "detail": _running_words(pp, *PAPER)}  # fmt: skip
+    deltas = {n: st["mean"] - PAPER[n] for n, st in done.items()}
+    out_of = any(abs(d) > PAPER_TOL for d in deltas.values())
+    detail = ", ".join(f"{n.upper()} {d:+.2f} pp (n={done[n]['n']})" for n, d in deltas.items())
+    missing = [n for n in PAPER if n not in done]
+    if missing:
+        detail += f"; not finished: {', '.join(n.upper() for n in missing)}"
+    holds = False if out_of else (None if missing else True)
+    return {"claim": CLAIM_PAPER_160, "holds": holds, "detail": detail,
+            "values": list(deltas.values())}  # fmt: skip
 
 
 def plot_paper160(pp: dict, path: Path) -> None:
@@ -778,6 +792,7 @@ def render_paper160(pp: dict, claims: list[dict]) -> list[str]:
         label = "BN over 2 images (`--norm-batch 2`)" if name == "bn-nb2" else name.upper()
         lines.append(f"| {label} | {_fmt(t)} | {_fmt(row['train_acc'])} | {paper} | {delta} | "
                      f"{running or '—'} |")  # fmt: skip
+    lines += _shortfall_words(pp)
     verdict = {True: "yes", False: "**no**", None: "open"}
     lines += [
         "",
@@ -791,6 +806,25 @@ def render_paper160(pp: dict, claims: list[dict]) -> list[str]:
     if missing:
         lines += ["", f"Not finished yet ({len(missing)}): {', '.join(missing)}."]
     return lines
+
+
+def _shortfall_words(pp: dict) -> list[str]:
+    """Where the finished norms stand against Table 15: below it in test accuracy while their
+    train accuracy is near 100% says the shortfall is generalization, not optimization."""
+    done = [(n, pp[n]) for n in PAPER if pp[n]["test_acc"]]
+    if not done:
+        return []
+    gaps = ", ".join(f"{n.upper()} {r['test_acc']['mean'] - PAPER[n]:+.2f} pp" for n, r in done)
+    train = min(r["train_acc"]["mean"] for _, r in done)
+    words = (f"Finished norms against Table 15: {gaps} test; their train accuracy is "
+             f"{train:.1f}% or more. ")  # fmt: skip
+    if all(r["test_acc"]["mean"] < PAPER[n] - PAPER_TOL for n, r in done) and train > 97:
+        words += ("Every one is below the paper while fitting the training set, so the shortfall "
+                  "is in what generalizes, common to the norms, not in the optimization. The "
+                  "most evident difference from the paper's setup is the data: CIFAR-10 "
+                  "re-encoded as lossy JPEG; that explanation is not tested here (no "
+                  "lossless copy of CIFAR-10 on this machine).")  # fmt: skip
+    return ["", words]
 
 
 def disagreement() -> list[dict]:

@@ -89,8 +89,13 @@ def test_paper_protocol_claims_stay_open_while_a_side_runs_and_follow_the_number
     claims = {c["claim"]: c for c in r.paper160_claims(pp)}
     match = claims[r.CLAIM_MATCH_160]
     assert match["holds"] is None and "bn/seed0 at epoch 116/160 (test 87.30)" in match["detail"]
-    assert claims[r.CLAIM_PAPER_160]["holds"] is None
+    assert claims[r.CLAIM_PAPER_160]["holds"] is None  # GN+PN within 0.5 pp, the others open
     assert "still running" in r.short_answer(list(claims.values()))
+    pp["gn+pn"] = _paper_row([87.1])  # one finished norm out of the tolerance settles it
+    paper = {c["claim"]: c for c in r.paper160_claims(pp)}[r.CLAIM_PAPER_160]
+    assert paper["holds"] is False
+    assert "GN+PN -4.30 pp (n=1); not finished: BN, GN" in paper["detail"]
+    pp["gn+pn"] = _paper_row([91.2])
 
     pp["bn"] = _paper_row([91.6], curve=[90.0] * 160)
     pp["gn+pn"] = _paper_row([91.2], curve=[89.0] * 120)
@@ -104,4 +109,7 @@ def test_paper_protocol_claims_stay_open_while_a_side_runs_and_follow_the_number
     assert paper["holds"] is True and paper["values"] == pytest.approx([0.0, 0.1, -0.2])
     pp["gn"] = _paper_row([90.2])
     assert not {c["claim"]: c for c in r.paper160_claims(pp)}[r.CLAIM_PAPER_160]["holds"]
+    answer = r.short_answer(r.paper160_claims(pp))  # one seed a side: said as not conclusive
+    assert "misses its margin so far" in answer and "not conclusive" in answer
+    pp["bn"], pp["gn+pn"] = _paper_row([91.6, 91.6]), _paper_row([91.2, 91.2])
     assert "does **not** hold" in r.short_answer(r.paper160_claims(pp))
