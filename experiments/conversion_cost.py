@@ -127,6 +127,7 @@ def measure(name: str, n: int, steps: int, data: Path, width: int) -> dict:
     t0 = time.perf_counter()
     model, report = convert(bn, "gn+pn", groups=8, calibrate=list(x.split(64)))
     closed = time.perf_counter() - t0
+    peak_closed = peak_gib()
     teacher_calls = calls["n"]
     t0 = time.perf_counter()
     rec = reconstruct(model, bn, report.converted, x, steps=steps)
@@ -135,7 +136,8 @@ def measure(name: str, n: int, steps: int, data: Path, width: int) -> dict:
             "threads": torch.get_num_threads(), "convs": convs, "layers": len(report.converted),
             "closed_form_seconds": closed, "reconstruct_seconds": recon,
             "teacher_conv_calls_per_conv_per_chunk": teacher_calls / convs / len(x.split(64)),
-            "peak_gib_before": before, "peak_gib": peak_gib(),
+            "peak_gib_before": before, "peak_gib_closed_form": peak_closed,
+            "peak_gib": peak_gib(),
             "blocks": len(rec.blocks)}  # fmt: skip
 
 

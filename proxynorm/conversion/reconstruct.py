@@ -30,12 +30,13 @@ import copy
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import Tensor, fx, nn
 from tqdm.auto import tqdm
 
-from proxynorm.conversion.blocks import Block, BlockRunner, plan, split
+from proxynorm.conversion.blocks import BlockRunner, plan, split
 from proxynorm.conversion.calibrate import input_batches
 from proxynorm.conversion.fx import trace_holders
 
@@ -83,17 +84,36 @@ def _leaves(v) -> list[Tensor]:
     raise ValueError(f"reconstruction: a block output of type {type(v).__name__} is not tensors")
 
 
-def _stream(runner: BlockRunner, block: Block, xs: list[Tensor]) -> list[list[Tensor]]:
-    """``block`` on each chunk of inputs, without gradients: per chunk, its output's tensors."""
+def _stream(fn, x: Tensor) -> list[Tensor]:
+    """``fn`` (a block, a model) on ``x`` chunk by chunk, without gradients: its output's
+    tensors, each written into one tensor over all images (no concatenated copy)."""
+    out: list[Tensor] = []
     with torch.no_grad():
-        return [[t.detach() for t in _leaves(runner.block(block, x))] for x in xs]
+        for i, chunk in enumerate(x.split(CHUNK)):
+            leaves = _leaves(fn(chunk))
+            if not out:
+                out = [_empty_like(t, x.shape[0]) for t in leaves]
+            for full, t in zip(out, leaves, strict=True):
+                full[i * CHUNK : i * CHUNK + t.shape[0]].copy_(t)
+    return out
 
 
-def _rel_error(outs: list[list[Tensor]], targets: list[list[Tensor]]) -> float:
-    num = sum(float((o.double() - t.double()).pow(2).sum())
-              for oc, tc in zip(outs, targets, strict=True)
-              for o, t in zip(oc, tc, strict=True))  # fmt: skip
-    den = sum(float(t.double().pow(2).sum()) for tc in targets for t in tc)
+def _empty_like(t: Tensor, n: int) -> Tensor:
+    """An uninitialized ``(n, *t.shape[1:])`` tensor in ``t``'s memory format."""
+    cl = t.dim() == 4 and not t.is_contiguous()
+    cl = cl and t.is_contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    return torch.empty((n, *t.shape[1:]), dtype=t.dtype, device=t.device, memory_format=fmt)
+
+
+def _rel_error(outs: list[Tensor], targets: list[Tensor]) -> float:
+    """Relative squared error over all images, summed chunk by chunk in float64."""
+    num = den = 0.0
+    for i in range(0, targets[0].shape[0], CHUNK):
+        for o, t in zip(outs, targets, strict=True):
+            o, t = o[i : i + CHUNK].double(), t[i : i + CHUNK].double()
+            num += float((o - t).pow(2).sum())
+            den += float(t.pow(2).sum())
     return num / max(den, 1e-300)
 
 
@@ -120,10 +140,6 @@ def _optimize(forward, params: list[nn.Parameter], inputs: Tensor, targets: list
         sched.step()
     for p in params:
         p.grad = None
-
-
-def _cat(chunks: list[list[Tensor]]) -> list[Tensor]:
-    return [torch.cat(ts) for ts in zip(*chunks, strict=True)]
 
 
 def _trainable(params) -> list[nn.Parameter]:
@@ -180,55 +196,56 @@ def reconstruct(
 
 
 def _blockwise(converted, teacher, layers, x, report, gen, *, steps, batch_size, lr) -> None:
+    """Fit each block in turn. Alive at once, over all images: the converted model's input to
+    the block, the teacher's output of it (the target, then the teacher's next input) and, at
+    the end of the block, the converted block's output (the next input)."""
     ends = plan(converted, teacher, layers)
     cb, tb = split(converted, ends), split(teacher, ends)
     rc, rt = BlockRunner(converted), BlockRunner(teacher)
-    xc = xt = list(x.split(CHUNK))
+    xc = xt = x
     bar = tqdm(total=steps * len(cb), desc="reconstructing", disable=None, leave=False)
     for block, tblock in zip(cb, tb, strict=True):
-        target = _stream(rt, tblock, xt)
-        before = _rel_error(_stream(rc, block, xc), target)
+        target = _stream(lambda b, blk=tblock: rt.block(blk, b), xt)
+        xt = None  # the teacher's input is not needed again: free it
+        fit = partial(rc.block, block)
+        before = _rel_error(_stream(fit, xc), target)
         params = _trainable(block.parameters(converted))
         saved = copy.deepcopy([p.detach() for p in params])
         if params and steps:
-            _optimize(lambda b, blk=block: rc.block(blk, b), params, torch.cat(xc), _cat(target),
-                      steps, batch_size, lr, gen)  # fmt: skip
-        outs = _stream(rc, block, xc)
+            _optimize(fit, params, xc, target, steps, batch_size, lr, gen)
+        outs = _stream(fit, xc)
         after = _rel_error(outs, target)
         kept = after <= before
         if not kept:
             with torch.no_grad():
                 for p, s in zip(params, saved, strict=True):
                     p.copy_(s)
-            outs, after = _stream(rc, block, xc), before
+            outs, after = _stream(fit, xc), before
         report.blocks.append(
             BlockFit(
                 f"{block.start} -> {block.end}", sum(p.numel() for p in params), before, after, kept
             )
         )
         if block is not cb[-1]:
-            with torch.no_grad():
-                if not isinstance(rc.block(block, xc[0][:1]), Tensor):
-                    raise ValueError(f"reconstruction: block output {block.end} is not a tensor")
-            xc, xt = [o[0] for o in outs], [t[0] for t in target]
+            if len(outs) != 1:
+                raise ValueError(f"reconstruction: block output {block.end} is not a tensor")
+            xc, xt = outs[0], target[0]
+        del outs, target
         bar.update(steps)
     bar.close()
 
 
 def _distill(converted, original, x, gen, steps, batch_size, lr) -> tuple[float, float]:
     """Whole-model distillation of ``original``'s outputs; restored when it does not help."""
-    xs = list(x.split(CHUNK))
-    with torch.no_grad():
-        target = [[t.detach() for t in _leaves(original(c))] for c in xs]
+    target = _stream(original, x)
 
     def error() -> float:
-        with torch.no_grad():
-            return _rel_error([_leaves(converted(c)) for c in xs], target)
+        return _rel_error(_stream(converted, x), target)
 
     params = _trainable(converted.parameters())
     saved = copy.deepcopy([p.detach() for p in params])
     before = error()
-    _optimize(converted, params, x, _cat(target), steps, batch_size, lr / 10, gen)
+    _optimize(converted, params, x, target, steps, batch_size, lr / 10, gen)
     after = error()
     if after > before:
         with torch.no_grad():
