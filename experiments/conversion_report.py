@@ -255,7 +255,8 @@ def cost_section() -> list[str]:
         "GN+PN (8 groups), the closed form and then 200 reconstruction steps per block, on 2 "
         "threads, each model in its own process, BN statistics gathered on CIFAR-10 training "
         "images first (resized to 224² for the torchvision-style ResNet-50, which is written in "
-        "the script). Timed with the background training runs paused. Teacher convolution "
+        "the script). Timed with the background training runs paused (the CIFAR rows on "
+        "2026-12-06 14:10–14:18 UTC, the ResNet-50 in an earlier session). Teacher convolution "
         "calls per convolution per 64-image chunk count the forward passes of the closed form "
         "(constant in depth: linear cost; before the streaming, resnet20 needed 160 forward "
         "passes per calibration batch).",
