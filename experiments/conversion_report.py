@@ -19,7 +19,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from cifar10_report import _fmt  # noqa: E402  (same folder)
 from cifar10_report import _stats as _summary  # noqa: E402
+from conversion_cost import TARGET_GIB, TARGETS_S  # noqa: E402  (same folder: issue 33's targets)
 from conversion_cpu import CONVERSIONS  # noqa: E402  (same folder: the conversions' groups)
+from conversion_kept import CONVERSIONS as KEPT_CONVERSIONS  # noqa: E402
+from conversion_kept import TARGETS as KEPT_TARGETS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results" / "conversion"
@@ -159,10 +162,8 @@ def groups_paragraph(conv: dict) -> list[str]:
 
 STAGES = (("closed_form", "closed form"), ("reconstructed", "+ reconstruction"),
           ("distilled", "+ distillation"))  # fmt: skip
-KEPT_TARGETS = {"gn+pn": 97.0, "ln+pn": 98.0}  # issue 33: kept % of the teacher, any stage
-COST_TARGETS = {"resnet20": (180.0, None), "resnet50-224": (1200.0, 4.0)}  # (s, GiB), 2 threads
-KEPT_LABELS = {"gn+pn": "GN+PN (8 groups)", "gn+pn/2": "GN+PN (2 groups)", "ln+pn": "LN+PN",
-               "gn": "GN (8 groups)"}  # fmt: skip
+KEPT_LABELS = {name: spec.upper() + (f" ({groups} groups)" if groups else "")
+               for name, (spec, groups) in KEPT_CONVERSIONS.items()}  # fmt: skip
 
 
 def kept_runs() -> dict[str, list[dict]]:
@@ -266,13 +267,12 @@ def cost_section() -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in rows:
-        target = COST_TARGETS.get(r["model"])
+        seconds, gib = TARGETS_S.get(r["model"]), TARGET_GIB.get(r["model"])
         verdict = "—"
-        if target:
+        if seconds:
             total = r["closed_form_seconds"] + r["reconstruct_seconds"]
-            ok = total <= target[0] and (target[1] is None or r["peak_gib"] <= target[1])
-            limit = f"≤ {target[0] / 60:.0f} min" + (f", ≤ {target[1]:.0f} GiB" if target[1]
-                                                      else "")  # fmt: skip
+            ok = total <= seconds and (gib is None or r["peak_gib"] <= gib)
+            limit = f"≤ {seconds / 60:.0f} min" + (f", ≤ {gib:.0f} GiB" if gib else "")
             verdict = f"{limit}: {'met' if ok else '**unmet**'} ({total / 60:.1f} min)"
         lines.append(
             f"| {r['model']} ({r['size']}²) | {r['images']} | {r['convs']} | "

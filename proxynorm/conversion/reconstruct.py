@@ -205,7 +205,7 @@ def _blockwise(converted, teacher, layers, x, report, gen, *, steps, batch_size,
     xc = xt = x
     bar = tqdm(total=steps * len(cb), desc="reconstructing", disable=None, leave=False)
     for block, tblock in zip(cb, tb, strict=True):
-        target = _stream(lambda b, blk=tblock: rt.block(blk, b), xt)
+        target = _stream(partial(rt.block, tblock), xt)
         xt = None  # the teacher's input is not needed again: free it
         fit = partial(rc.block, block)
         before = _rel_error(_stream(fit, xc), target)
