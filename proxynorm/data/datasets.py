@@ -33,6 +33,22 @@ class ArrayDataset:
         idx = torch.as_tensor(indices, dtype=torch.long)
         return ArrayDataset(self.images[idx], self.labels[idx])
 
+    def only_classes(self, classes: list[int]) -> ArrayDataset:
+        """The images of ``classes``, relabelled ``0 .. len(classes) - 1`` in the order given
+        (a source or target task of a transfer study, e.g. CIFAR-10 classes 0-4).
+
+        Raises:
+            ValueError: ``classes`` empty, repeated, or naming a label the split lacks.
+        """
+        present = set(self.labels.unique().tolist())
+        if not classes or len(set(classes)) != len(classes) or not set(classes) <= present:
+            raise ValueError(f"classes={classes}: must be distinct labels of the data set, "
+                             f"which has {sorted(present)}")  # fmt: skip
+        lookup = torch.full((max(present) + 1,), -1, dtype=torch.long)
+        lookup[torch.as_tensor(classes)] = torch.arange(len(classes))
+        keep = lookup[self.labels] >= 0
+        return ArrayDataset(self.images[keep], lookup[self.labels[keep]])
+
 
 def cache_dir() -> Path:
     """``$PROXYNORM_CACHE``, else ``~/.cache/proxynorm``."""

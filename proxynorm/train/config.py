@@ -132,7 +132,15 @@ class TrainConfig:
         "such as ../shared/data/cifar10-jpeg.zip",
         _pattern(r".+", "a non-empty path"),
     )
-    subset: int | None = opt(None, "train on a class-balanced subset of N images", _number(1))
+    classes: str | None = opt(
+        None,
+        "train and test on these classes only, relabelled 0..k-1 in the order given "
+        "(e.g. 0-4 or 5,7,9; cifar10/cifar100)",
+        _pattern(r"\d+(-\d+)?(,\d+(-\d+)?)*", "comma-separated labels or ranges such as 0-4"),
+    )
+    subset: int | None = opt(
+        None, "train on a class-balanced subset of N images (of classes, if given)", _number(1)
+    )
     download: bool = opt(True, "download CIFAR when missing (if the network allows)")
     workers: int = opt(0, "data-loading processes (image folders)", _number(0))
     # --- run
@@ -225,6 +233,9 @@ class TrainConfig:
             )
         if self.nesterov and self.optimizer == "sgd" and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
+        labels = self.class_list or []
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"classes={self.classes!r}: a label is named twice")
 
     @property
     def spec(self) -> NormSpec:
@@ -232,6 +243,19 @@ class TrainConfig:
         from proxynorm.layers import parse_spec
 
         return parse_spec(self.norm)
+
+    @property
+    def class_list(self) -> list[int] | None:
+        """``classes`` parsed: ``"0-2,5"`` is ``[0, 1, 2, 5]``."""
+        if self.classes is None:
+            return None
+        out: list[int] = []
+        for part in self.classes.split(","):
+            lo, _, hi = part.partition("-")
+            if int(hi or lo) < int(lo):
+                raise ValueError(f"classes={self.classes!r}: range {part} goes down")
+            out += range(int(lo), int(hi or lo) + 1)
+        return out
 
     @property
     def effective_lr(self) -> float:

@@ -88,6 +88,9 @@ def build_data(cfg: TrainConfig, d: Dist | None = None, device: torch.device | N
         train, test, num_classes = load_small_images(
             cfg.data, cfg.data_dir, cfg.download, size=cfg.image_size
         )
+        if cfg.classes:
+            train, test = train.only_classes(cfg.class_list), test.only_classes(cfg.class_list)
+            num_classes = len(cfg.class_list)
         if cfg.subset:
             if cfg.subset > len(train):
                 raise ValueError(f"subset={cfg.subset} exceeds the {len(train)} training images")
@@ -109,8 +112,8 @@ def build_data(cfg: TrainConfig, d: Dist | None = None, device: torch.device | N
             raise ValueError(f"data_dir {cfg.data_dir} is not an image folder (train/<class>/...)")
         train_f = ImageFolder(cfg.data_dir, "train")
         test_f = ImageFolder(cfg.data_dir, "val" if Path(cfg.data_dir, "val").exists() else "test")
-        if cfg.subset:
-            raise ValueError("subset is supported for cifar10/cifar100 only")
+        if cfg.subset or cfg.classes:
+            raise ValueError("subset and classes are supported for cifar10/cifar100 only")
         train = FolderDataset(train_f, cfg.image_size, True, cfg.seed)
         test = FolderDataset(test_f, cfg.image_size, False, cfg.seed)
         probe = None

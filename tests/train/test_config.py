@@ -145,3 +145,14 @@ def test_sgd_falls_back_to_the_default_one_where_fused_is_refused(monkeypatch):
         opt = build_optimizer(torch.nn.Linear(3, 2), build_config("cifar", nesterov=True))
         assert isinstance(opt, NoFused) and not opt.defaults.get("fused")
         assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
+
+
+@pytest.mark.parametrize("bad", ["4-0", "a", "0-4,3", "", "1,,2"])
+def test_classes_must_name_distinct_labels_or_rising_ranges(bad):
+    with pytest.raises(ValueError, match="classes"):
+        build_config("cifar", classes=bad)
+
+
+def test_classes_parse_in_the_order_given():
+    assert build_config("cifar", classes="9,0-2").class_list == [9, 0, 1, 2]
+    assert build_config("cifar").class_list is None

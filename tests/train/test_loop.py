@@ -219,3 +219,20 @@ def test_compare_refuses_to_reuse_runs_trained_with_other_settings(fake_cifar, t
         compare(tmp_path, ["gn"], [0], epochs=1, lr=0.3, **base)
     summary = compare(tmp_path, ["gn"], [0], epochs=1, **base)  # same settings: reused
     assert summary["failures"] == {}
+
+
+def test_classes_keeps_only_those_labels_relabelled_in_order(fake_cifar):
+    data = loop.build_data(tiny(fake_cifar, classes="7,2-3", probe=0))
+    assert data.num_classes == 3
+    labels = torch.cat([y for _, y in data.train])
+    assert sorted(labels.unique().tolist()) == [0, 1, 2]
+    assert len(labels) == 3 * 20  # 20 training images per class in the fake set
+    full = loop.build_data(tiny(fake_cifar, probe=0))
+    first = torch.cat([x for x, y in data.test])[torch.cat([y for _, y in data.test]) == 0]
+    every7 = torch.cat([x for x, y in full.test])[torch.cat([y for _, y in full.test]) == 7]
+    assert torch.equal(first, every7)  # label 0 of the task is class 7, images unchanged
+
+
+def test_classes_is_checked_against_the_data(fake_cifar):
+    with pytest.raises(ValueError, match="classes"):
+        loop.build_data(tiny(fake_cifar, classes="8-11"))
