@@ -496,7 +496,13 @@ def short_answer(claims: list[dict]) -> str:
     gn = by.get(CLAIM_GN_50K)
     if gn:
         verb = "ahead of" if gn["holds"] else "not ahead of"
-        parts.append(f"Among batch-independent norms GN+PN is {verb} GN: {gn['detail']}.")
+        parts.append(f"Among batch-independent norms GN+PN is {verb} GN at {FULL_EPOCHS} epochs: "
+                     f"{gn['detail']}.")  # fmt: skip
+    gn160 = by.get(CLAIM_GN_160)
+    if gn160 and gn160["holds"] is not None:
+        verb = "ahead of GN" if gn160["holds"] else "not ahead of GN"
+        verb += " so far" if gn160.get("single") else ""
+        parts.append(f"At the paper's protocol GN+PN is {verb}: {gn160['detail']}.")
     return " ".join(parts)
 
 
@@ -708,8 +714,9 @@ def paper160_claims(pp: dict) -> list[dict]:
             continue
         d = x["mean"] - y["mean"]
         holds = d >= margin if margin else d > 0
-        # one seed a side: the paper's seed std (0.2-0.3 pp) is as large as the margin
-        single = " (one seed a side: not conclusive)" if min(x["n"], y["n"]) < 2 else ""
+        # one seed on a side: the paper's seed std (0.2-0.3 pp) is as large as the margin
+        lone = [n.upper() for n, r in ((a, x), (b, y)) if r["n"] < 2]
+        single = f" (one seed of {' and '.join(lone)}: not conclusive)" if lone else ""
         out.append({"claim": claim, "holds": holds, "values": [x["mean"], y["mean"]],
                     "single": bool(single),
                     "detail": f"{a.upper()} {_fmt(x)} vs {b.upper()} {_fmt(y)}: {d:+.2f} pp "

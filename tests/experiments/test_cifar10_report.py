@@ -109,7 +109,11 @@ def test_paper_protocol_claims_stay_open_while_a_side_runs_and_follow_the_number
     assert paper["holds"] is True and paper["values"] == pytest.approx([0.0, 0.1, -0.2])
     pp["gn"] = _paper_row([90.2])
     assert not {c["claim"]: c for c in r.paper160_claims(pp)}[r.CLAIM_PAPER_160]["holds"]
+    assert "(one seed of GN+PN and BN: not conclusive)" in claims[r.CLAIM_MATCH_160]["detail"]
+    two = {**pp, "gn+pn": _paper_row([91.2, 91.2])}
+    assert "(one seed of BN: not conclusive)" in r.paper160_claims(two)[0]["detail"]
     answer = r.short_answer(r.paper160_claims(pp))  # one seed a side: said as not conclusive
     assert "misses its margin so far" in answer and "not conclusive" in answer
+    assert "At the paper's protocol GN+PN is ahead of GN so far" in answer
     pp["bn"], pp["gn+pn"] = _paper_row([91.6, 91.6]), _paper_row([91.2, 91.2])
     assert "does **not** hold" in r.short_answer(r.paper160_claims(pp))
