@@ -23,6 +23,9 @@ from conversion_cost import TARGET_GIB, TARGETS_S  # noqa: E402  (same folder: i
 from conversion_cpu import CONVERSIONS  # noqa: E402  (same folder: the conversions' groups)
 from conversion_kept import CONVERSIONS as KEPT_CONVERSIONS  # noqa: E402
 from conversion_kept import TARGETS as KEPT_TARGETS  # noqa: E402
+from conversion_transfer import CONDITIONS as TRANSFER_CONDITIONS  # noqa: E402
+from conversion_transfer import LR_CONDITION, SETTINGS, SOURCE, TARGET  # noqa: E402
+from conversion_transfer import TARGETS as TRANSFER_TARGETS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results" / "conversion"
@@ -188,8 +191,12 @@ def _kept_verdict(name: str, recs: list[dict]) -> str:
 def kept_section(runs: dict[str, list[dict]]) -> list[str]:
     """Issue 33, item 2: how much of a converged teacher each conversion keeps, three ways."""
     if not runs:
-        return ["## Kept of a converged BN model", "",
-                "Not run yet: `python experiments/conversion_kept.py --teacher RUN_DIR`.", ""]
+        return [
+            "## Kept of a converged BN model",
+            "",
+            "Not run yet: `python experiments/conversion_kept.py --teacher RUN_DIR`.",
+            "",
+        ]
     first = next(iter(runs.values()))[0]
     lines = [
         "## Kept of a converged BN model, before any labeled fine-tuning",
@@ -222,8 +229,12 @@ def kept_section(runs: dict[str, list[dict]]) -> list[str]:
                         for s, _ in STAGES if all(s in r for r in recs))  # fmt: skip
         lines.append(f"| {KEPT_LABELS[name]} (n={len(recs)}) | {' | '.join(cells)} | "
                      f"{_kept_verdict(name, recs)} | {secs} |")  # fmt: skip
-    lines += ["", "Seconds: closed form / reconstruction / distillation, one thread beside two "
-              "training runs (upper bounds; the cost section below times them alone).", ""]
+    lines += [
+        "",
+        "Seconds: closed form / reconstruction / distillation, one thread beside two "
+        "training runs (upper bounds; the cost section below times them alone).",
+        "",
+    ]
     lines += _block_errors(runs)
     return lines
 
@@ -235,11 +246,15 @@ def _block_errors(runs: dict[str, list[dict]]) -> list[str]:
         blocks = recs[0].get("reconstructed", {}).get("blocks")
         if blocks:
             i, worst = max(enumerate(blocks), key=lambda ib: ib[1]["rel_error_after"])
-            out.append(f"- {KEPT_LABELS[name]}: every block's relative output error, before → "
-                       "after, " + ", ".join(f"{b['rel_error_before']:.3f} → "
-                                             f"{b['rel_error_after']:.3f}" for b in blocks)
-                       + f"; largest left: {worst['rel_error_after']:.3f} (block {i + 1}, "
-                       f"{worst['name']}).")
+            out.append(
+                f"- {KEPT_LABELS[name]}: every block's relative output error, before → "
+                "after, "
+                + ", ".join(
+                    f"{b['rel_error_before']:.3f} → {b['rel_error_after']:.3f}" for b in blocks
+                )
+                + f"; largest left: {worst['rel_error_after']:.3f} (block {i + 1}, "
+                f"{worst['name']})."
+            )
     return (["Reconstruction per block (draw 0):", "", *out, ""]) if out else []
 
 
@@ -413,6 +428,153 @@ def finetune_section(runs: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+def transfer_runs() -> tuple[dict[str, list[dict]], list[dict]]:
+    """The transfer study's runs by condition key, and its lr probes."""
+    runs: dict[str, list[dict]] = {c: [] for c in TRANSFER_CONDITIONS}
+    for path in sorted((RESULTS / "transfer" / "runs").glob("*.json")):
+        record = json.loads(path.read_text())
+        runs.setdefault(record["condition"], []).append(record)
+    probes = [
+        json.loads(p.read_text()) for p in sorted((RESULTS / "transfer" / "lr").glob("*.json"))
+    ]
+    return runs, sorted(probes, key=lambda r: r["lr"])
+
+
+def transfer_plot(runs: dict[str, list[dict]], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, (c, recs) in enumerate(runs.items()):
+        if not recs:
+            continue
+        t = torch.tensor([r["test_acc"] for r in recs])
+        epochs = list(range(1, t.shape[1] + 1))
+        label = f"({c}) {TRANSFER_CONDITIONS[c]} (n={len(recs)})"
+        ax.plot(epochs, t.mean(0), "o-", color=f"C{i}", label=label)
+        if len(recs) > 1:
+            ax.fill_between(epochs, t.min(0).values, t.max(0).values, color=f"C{i}", alpha=0.2)
+    ax.set_xlabel(f"fine-tuning epochs on the new task, {SETTINGS['per_device']} images per device")
+    ax.set_ylabel("test accuracy, new task (%)")
+    ax.grid(alpha=0.3)
+    if any(runs.values()):
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _final(runs: dict[str, list[dict]], c: str) -> float | None:
+    """Mean final test accuracy of condition ``c`` (None before its first run)."""
+    recs = runs.get(c) or []
+    return sum(r["test_acc"][-1] for r in recs) / len(recs) if recs else None
+
+
+def transfer_targets(runs: dict[str, list[dict]]) -> list[str]:
+    """Issue 33's targets, (d) >= (b) and (d) >= (a), as table rows."""
+    rows = []
+    for a, b in TRANSFER_TARGETS:
+        fa, fb = _final(runs, a), _final(runs, b)
+        claim = f"({a}) {TRANSFER_CONDITIONS[a]} ≥ ({b}) {TRANSFER_CONDITIONS[b]}"
+        if fa is None or fb is None:
+            rows.append(f"| {claim} | open | runs missing |")
+            continue
+        n = min(len(runs[a]), len(runs[b]))
+        verdict = ("met" if fa >= fb else "**unmet**") + (" (one seed so far)" if n < 2 else "")
+        rows.append(f"| {claim} | {verdict} | {fa:.2f} vs {fb:.2f}: {fa - fb:+.2f} pp |")
+    return rows
+
+
+def when_to_convert(runs: dict[str, list[dict]]) -> list[str]:
+    """The paragraph a user acts on, from the final test accuracies."""
+    f = {c: _final(runs, c) for c in TRANSFER_CONDITIONS}
+    if any(v is None for v in f.values()):
+        return ["*When to convert*: not answered until every condition has a finished run.", ""]
+    n = min(len(r) for r in runs.values())
+    so_far = " (one seed per condition so far)" if n < 2 else f" (mean of {n} seeds)"
+    beats_frozen, beats_nb2 = f["d"] >= f["b"], f["d"] >= f["a"]
+    if beats_frozen and beats_nb2:
+        verdict = ("**Convert**: at 2 images per device, a BN backbone converted to GN+PN and "
+                   "reconstructed on unlabeled target images fine-tunes better than FrozenBN and "
+                   "than BN with per-device statistics")  # fmt: skip
+    elif beats_nb2:
+        verdict = ("**Keep FrozenBN** unless the backbone's statistics must change: the converted "
+                   "GN+PN beats BN with per-device statistics but not FrozenBN")  # fmt: skip
+    elif beats_frozen:
+        verdict = ("**Convert rather than freeze**, but per-device BN is ahead here: the converted "
+                   "GN+PN beats FrozenBN, not BN over 2 images")  # fmt: skip
+    else:
+        verdict = ("**Do not convert** for a task like this one: FrozenBN and BN with per-device "
+                   "statistics both fine-tune better than the converted GN+PN")  # fmt: skip
+    sync = f["d"] - f["c"]
+    return [
+        f"*When to convert*{so_far}: {verdict} — final test accuracy (d) {f['d']:.2f}, "
+        f"(b) {f['b']:.2f}, (a) {f['a']:.2f}. SyncBN-like BN over 32 (c) reaches {f['c']:.2f}, "
+        f"{abs(sync):.2f} pp {'below' if sync >= 0 else 'above'} (d). What calibration and "
+        f"reconstruction buy over converting alone: {f['d'] - f['e']:+.2f} pp ((d) − (e)); what "
+        f"the BN pretraining buys GN+PN over training it from scratch on the same budget: "
+        f"{f['d'] - f['f']:+.2f} pp ((d) − (f)).",
+        "",
+    ]
+
+
+def transfer_section(runs: dict[str, list[dict]], probes: list[dict]) -> list[str]:
+    """Issue 33 item 4: convert, or keep FrozenBN, for a new task at 2 images per device."""
+    teacher = RESULTS / "transfer" / "teacher" / "final.json"
+    t_acc = f"{json.loads(teacher.read_text())['test_acc']:.2f}%" if teacher.exists() else "—"
+    lr = probes and max((p for p in probes if not p.get("diverged")),
+                        key=lambda p: p["eval_acc"][-1], default=None)  # fmt: skip
+    probe_words = ", ".join(f"{p['lr']:g}: " + ("diverged" if p.get("diverged") else
+                            f"{p['eval_acc'][-1]:.2f}%") for p in probes) or "not run"  # fmt: skip
+    epochs = SETTINGS["epochs"]
+    lines = [
+        "## Transfer: convert, or keep FrozenBN?",
+        "",
+        f"A BN resnet20 trained on CIFAR-10 classes {SOURCE} (all 25k images, 30 epochs; test "
+        f"{t_acc} on those classes) is fine-tuned on a new task, classes "
+        f"{TARGET[0]}–{TARGET[-1]}, at batch {SETTINGS['batch']} as "
+        f"{SETTINGS['batch'] // SETTINGS['per_device']} devices × {SETTINGS['per_device']} "
+        f"images: SGD (momentum {SETTINGS['momentum']}, weight decay "
+        f"{SETTINGS['weight_decay']:g}), "
+        f"cosine to 0 over {epochs} epochs on {25000 - SETTINGS['held_out']} images, a fresh "
+        "5-way head (the same initial head in every condition of a seed), the same schedule for "
+        f"every condition. The lr was chosen once, with condition ({LR_CONDITION}), on "
+        f"{SETTINGS['held_out']} held-out target training images (held-out accuracy by lr: "
+        f"{probe_words}): **{lr['lr'] if lr else '—'}**. Test accuracy on the 5000 test images "
+        "of the new classes, mean ± std over seeds:",
+        "",
+        f"| condition | epoch 1 | epoch {epochs} | train acc. epoch {epochs} | fine-tuning s |",
+        "|---|---|---|---|---|",
+    ]
+    for c, recs in runs.items():
+        name = f"({c}) {TRANSFER_CONDITIONS[c]}"
+        if not recs:
+            lines.append(f"| {name} | — | — | — | — |")
+            continue
+        cells = [_stats([r["test_acc"][e] for r in recs]) for e in (0, -1)]
+        cells += [_stats([r["train_acc"][-1] for r in recs]),
+                  f"{sum(r['seconds'] for r in recs) / len(recs):.0f}"]  # fmt: skip
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    lines += [
+        "",
+        "![transfer](results/conversion/transfer.png)",
+        "",
+        "| target (issue 33), final test accuracy | holds? | measured |",
+        "|---|---|---|",
+        *transfer_targets(runs),
+        "",
+        *when_to_convert(runs),
+        f"(a) BN's statistics over each device's {SETTINGS['per_device']} images (ghost batches; "
+        "its running statistics follow them); (b) BN's running statistics fixed, its affine "
+        "trained; (c) BN over the whole batch of 32, as SyncBN gives; (d) "
+        f'`convert(teacher, "gn+pn", groups={SETTINGS["groups"]}, calibrate=...)` on '
+        f"{SETTINGS['calibrate']} unlabeled target training images, then "
+        f"`reconstruct(..., steps={SETTINGS['reconstruct_steps']})` on the same images (the "
+        "teacher's features, no labels, no distillation: the head is replaced); (e) the "
+        "conversion alone; (f) a randomly initialized GN+PN resnet20. Choosing the lr on (b), the "
+        "baseline, favours it; (f) gets a fine-tuning lr, not a from-scratch one.",
+        "",
+    ]
+    return lines
+
+
 def reproduce_section() -> list[str]:
     return [
         "## Reproduce",
@@ -421,6 +583,7 @@ def reproduce_section() -> list[str]:
         "python experiments/conversion_kept.py --teacher experiments/results/cifar10_cpu/"
         "paper160/bn/seed0   # kept, three ways",
         "python experiments/conversion_cost.py    # cost against depth (pause other runs)",
+        "python experiments/conversion_transfer.py  # transfer: teacher, lr, conditions a-f",
         "python experiments/conversion_cpu.py     # weak teacher: conversions, fine-tuning",
         "python experiments/conversion_report.py  # this page",
         "```",
@@ -441,9 +604,13 @@ def main() -> None:
     runs = finetune_runs()
     plot(runs, conv["bn"] if conv else None, FIG / "finetune.png")
     lines = intro() + kept_section(kept_runs()) + cost_section()
+    transfer, probes = transfer_runs()
+    transfer_plot(transfer, FIG / "transfer.png")
+    lines += transfer_section(transfer, probes)
     lines += (weak_teacher_section(conv) if conv else []) + finetune_section(runs)
     lines += reproduce_section()
     missing = [c for c, recs in runs.items() if len(recs) < 2]
+    missing += [f"transfer ({c})" for c, recs in transfer.items() if len(recs) < 2]
     if missing or not conv:
         lines += ["## Not finished yet", "",
                   ("Conversions not run yet. " if not conv else "")

@@ -200,11 +200,12 @@ def choose_lr(out: Path, ckpt: Path, train, val, cal) -> float:
             model, info = build(LR_CONDITION, ckpt, cal, 0)
             try:
                 r = finetune(model, LR_CONDITION, lr, train, batches(val), 0)
-            except FloatingPointError:
-                r = {"eval_acc": [float("nan")] * SETTINGS["epochs"], "diverged": True}
+            except FloatingPointError:  # JSON null: no accuracy to report
+                r = {"eval_acc": None, "diverged": True}
             write(path, {"condition": LR_CONDITION, "lr": lr, "settings": SETTINGS, **info, **r})
-        scores[lr] = json.loads(path.read_text())["eval_acc"][-1]
-    finite = {lr: s for lr, s in scores.items() if math.isfinite(s)}
+        r = json.loads(path.read_text())
+        scores[lr] = None if r.get("diverged") else r["eval_acc"][-1]
+    finite = {lr: s for lr, s in scores.items() if s is not None}
     if not finite:
         raise SystemExit(f"every lr of {LR_GRID} diverged")
     return max(finite, key=finite.get)

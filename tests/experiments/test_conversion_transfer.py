@@ -81,3 +81,62 @@ def test_conditions_build_the_model_they_name(tiny):
     assert all(torch.equal(h.weight, heads[0].weight) and h.out_features == 5 for h in heads)
     s.set_train_mode(models["b"], "b")
     assert not any(m.training for m in models["b"].modules() if isinstance(m, BatchNormStep))
+
+
+def test_a_diverging_lr_is_recorded_as_null_and_not_chosen(tiny, monkeypatch):
+    s, _, tmp = tiny
+    real = s.finetune
+
+    def finetune(model, condition, lr, *args):
+        if lr == 0.01:
+            raise FloatingPointError("diverged")
+        return real(model, condition, lr, *args)
+
+    monkeypatch.setattr(s, "finetune", finetune)
+    s.SETTINGS["epochs"] = 1
+    train = val = s.ArrayDataset(torch.randint(0, 255, (40, 3, 32, 32), dtype=torch.uint8),
+                                 torch.arange(40) % 5)  # fmt: skip
+    lr = s.choose_lr(tmp / "out", tmp / "teacher" / "checkpoint.pt", train, val,
+                     torch.randn(16, 3, 32, 32))  # fmt: skip
+    assert lr == 0.001
+    bad = json.loads((tmp / "out" / "lr" / "b-lr0.01.json").read_text())
+    assert bad["diverged"] is True and bad["eval_acc"] is None
+
+
+def _report():
+    import sys
+
+    pytest.importorskip("matplotlib")
+    sys.path.insert(0, str(SCRIPT.parent))  # the report imports its sibling scripts
+    try:
+        spec = importlib.util.spec_from_file_location("conversion_report", SCRIPT.parent /
+                                                      "conversion_report.py")  # fmt: skip
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return module
+
+
+def _runs(finals: dict, n: int = 2) -> dict:
+    return {c: [{"test_acc": [v - 5, v], "train_acc": [v], "seconds": 1.0}] * n
+            for c, v in finals.items()}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("d", "words", "marks"),
+    [(92.0, "**Convert**", ["met", "met"]), (90.5, "**Keep FrozenBN**", ["**unmet**", "met"]),
+     (89.0, "**Do not convert**", ["**unmet**", "**unmet**"])],
+)  # fmt: skip
+def test_when_to_convert_follows_the_numbers(d, words, marks):
+    r = _report()
+    runs = _runs({"a": 90.0, "b": 91.0, "c": 93.0, "d": d, "e": 85.0, "f": 70.0})
+    paragraph = r.when_to_convert(runs)[0]
+    assert words in paragraph and f"(d) {d:.2f}" in paragraph and "mean of 2 seeds" in paragraph
+    rows = r.transfer_targets(runs)
+    assert [row.split(" | ")[1] for row in rows] == marks
+    one = _runs({"a": 90.0, "b": 91.0, "c": 93.0, "d": d, "e": 85.0, "f": 70.0}, n=1)
+    assert all("one seed so far" in row for row in r.transfer_targets(one))
+    del runs["f"]
+    assert "not answered" in r.when_to_convert({**runs, "f": []})[0]
+    assert r.transfer_targets({**runs, "d": []})[0].endswith("| open | runs missing |")
