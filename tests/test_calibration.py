@@ -34,6 +34,7 @@ def _preactivations(model: nn.Module, layers: list[str], x, converted: bool) -> 
     for name in layers:
         m = modules[name]
         if converted:
+
             def hook(mod, args, out, name=name, layer=m):
                 shape = (1, -1, 1, 1)
                 seen[name] = layer.weight.view(shape) * out + layer.bias.view(shape)
@@ -194,3 +195,20 @@ def test_a_max_pool_between_a_layer_and_its_conv_passes_pns_scale_and_shift_to_t
     folded, _ = fold(calibrated.eval())
     with torch.no_grad():
         torch.testing.assert_close(folded(x[:8]), calibrated(x[:8]), rtol=1e-4, atol=1e-4)
+
+
+def test_the_im2col_chunk_size_does_not_change_the_fit_and_the_batches_are_left_alone(monkeypatch):
+    import importlib
+
+    cmod = importlib.import_module("proxynorm.conversion.calibrate")
+    bn = _bn_model(create_model("resnet20", norm="bn", width_mult=0.25))
+    batches = [
+        torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)
+    ]
+    kept = [b.clone() for b in batches]
+    a, _ = convert(bn, "gn+pn", groups=2, calibrate=batches)
+    assert all(torch.equal(b, k) for b, k in zip(batches, kept, strict=True))
+    monkeypatch.setattr(cmod, "UNFOLD_ELEMENTS", 1)  # one image per im2col chunk
+    b, _ = convert(bn, "gn+pn", groups=2, calibrate=batches)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.allclose(sa[k], sb[k], rtol=1e-5, atol=1e-6) for k in sa)  # float64 sums

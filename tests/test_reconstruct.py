@@ -220,3 +220,29 @@ def test_cli_convert_reconstructs(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "reconstructed on 20 images, 2 steps per block" in printed
     assert "distilled output" in printed
+
+
+def test_streaming_over_the_inputs_gives_what_copies_give_and_reuses_their_memory(monkeypatch):
+    import importlib
+
+    rmod = importlib.import_module("proxynorm.conversion.reconstruct")
+    x = _images(70, size=4)
+    same = rmod._stream(lambda t: 2 * t, x.clone(), into=(y := x.clone()))
+    assert same[0].data_ptr() == y.data_ptr() and torch.equal(same[0], 2 * x)
+    other = rmod._stream(lambda t: t[:, :1], x, into=x)  # another shape: a new tensor
+    assert other[0].data_ptr() != x.data_ptr() and torch.equal(other[0], x[:, :1])
+
+    def run(in_place: bool):
+        torch.manual_seed(0)  # the same initial weights in both runs
+        bn = _small_resnet20()
+        gm, report = convert(bn, "gn+pn", groups=2, calibrate=_images(96, size=8))
+        if not in_place:
+            stream = rmod._stream
+            monkeypatch.setattr(rmod, "_stream", lambda fn, t, into=None: stream(fn, t))
+        rec = reconstruct(gm, bn, report.converted, _images(96, size=8), steps=3)
+        monkeypatch.undo()
+        return rec, gm.state_dict()
+
+    (rec_a, sd_a), (rec_b, sd_b) = run(True), run(False)
+    assert [vars(b) for b in rec_a.blocks] == [vars(b) for b in rec_b.blocks]
+    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)

@@ -54,6 +54,8 @@ from proxynorm.conversion.blocks import BlockRunner, plan, split
 from proxynorm.conversion.fx import trace_holders
 from proxynorm.layers import BatchNormAct2d, NormAct, ProxyNormAct
 
+UNFOLD_ELEMENTS = 2**24  # patch entries per im2col chunk (128 MiB in float64): bounds the memory
+
 
 @dataclass
 class LayerFit:
@@ -184,17 +186,33 @@ def _r2(sums: dict[str, Tensor], w: Tensor, b: Tensor) -> float:
 
 
 def _unfold(m: nn.Module, x: Tensor) -> Tensor:
-    """``(groups, positions, K)`` patches of ``m``'s input (a conv's im2col, or a linear's rows),
-    with a trailing 1 for the bias."""
+    """``(groups, positions, K)`` float64 patches of ``m``'s input (a conv's im2col, or a linear's
+    rows); the bias column is added to the sums by :func:`_normal_sums`, not stored."""
     x = x.double()
     if isinstance(m, nn.Linear):
-        p = x.reshape(-1, x.shape[-1]).unsqueeze(0)
-    else:
-        cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)  # (N, Cin*k*k, L)
-        g = m.groups
-        cols = cols.view(x.shape[0], g, -1, cols.shape[-1])  # (N, g, K, L)
-        p = cols.permute(1, 0, 3, 2).reshape(g, -1, cols.shape[2])
-    return torch.cat([p, p.new_ones(*p.shape[:2], 1)], dim=2)
+        return x.reshape(-1, x.shape[-1]).unsqueeze(0)
+    cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)  # (N, Cin*k*k, L)
+    g = m.groups
+    cols = cols.view(x.shape[0], g, -1, cols.shape[-1])  # (N, g, K, L)
+    return cols.permute(1, 0, 3, 2).reshape(g, -1, cols.shape[2])
+
+
+def _normal_sums(p: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """The normal equations' ``[P 1]ᵀ[P 1]`` and ``[P 1]ᵀ T`` of patches ``p`` (with a column of
+    ones for the bias, written as its sums) and targets ``t``."""
+    s = p.sum(1, keepdim=True)  # (g, 1, K): 1ᵀP
+    n = p.new_full((p.shape[0], 1, 1), p.shape[1])
+    gram = torch.cat([torch.cat([p.transpose(1, 2) @ p, s.transpose(1, 2)], 2),
+                      torch.cat([s, n], 2)], 1)  # fmt: skip
+    return gram, torch.cat([p.transpose(1, 2) @ t, t.sum(1, keepdim=True)], 1)
+
+
+def _rows(m: nn.Module, inp: Tensor, out: Tensor) -> int:
+    """Images per im2col chunk: at most ``UNFOLD_ELEMENTS`` patch entries (at least one image)."""
+    per_image = inp[0].numel()  # a linear's rows x features
+    if isinstance(m, nn.Conv2d):  # positions x Cin k k
+        per_image = out[0, 0].numel() * inp.shape[1] * m.kernel_size[0] * m.kernel_size[1]
+    return max(1, UNFOLD_ELEMENTS // max(per_image, 1))
 
 
 def _targets(m: nn.Module, out: Tensor) -> Tensor:
@@ -245,8 +263,8 @@ def calibrate(
         teacher = fx.GraphModule(original, trace_holders(original, training=False))
         ends = plan(converted, teacher, set(converted_layers))
         rc, rt = BlockRunner(converted), BlockRunner(teacher)
-        conv = _Side(converted, dict(converted.named_modules()), batches)
-        orig = _Side(original, dict(original.named_modules()), batches)
+        conv = _Side(converted, dict(converted.named_modules()), list(batches))
+        orig = _Side(original, dict(original.named_modules()), list(batches))
         blocks = list(zip(split(converted, ends), split(teacher, ends), strict=True))
         for k, (bc, bt) in enumerate(blocks):
             conv.forward = functools.partial(rc.block, bc)
@@ -257,9 +275,11 @@ def calibrate(
                 report.layers.append(_fit_layer(conv, orig, name))
                 for c in [c for c, last in last_producer.items() if last == i]:
                     report.consumers.append(_refit_consumer(conv, orig, c, ridge, report))
-            if k + 1 < len(blocks):  # the next block's inputs
-                conv.inputs = [conv.forward(x) for x in conv.inputs]
-                orig.inputs = [orig.forward(x) for x in orig.inputs]
+            if k + 1 < len(blocks):  # the next block's inputs, each batch's replacing its own
+                for side in (conv, orig):
+                    for i, x in enumerate(side.inputs):
+                        side.inputs[i] = side.forward(x)
+                    del x
     finally:
         for m, mode in modes.items():
             m.training = mode
@@ -339,9 +359,9 @@ def _refit_consumer(conv: _Side, orig: _Side, name: str, ridge: float, report) -
     for xc, xo in zip(conv.inputs, orig.inputs, strict=True):
         inp = _capture(conv, xc, {name: "in"})[name]
         out = _capture(orig, xo, {name: "out"})[name]
-        for i, o in zip(inp.split(32), out.split(32), strict=True):  # bounded im2col memory
-            p, t = _unfold(m, i), _targets(m, o)
-            g_, r_ = p.transpose(1, 2) @ p, p.transpose(1, 2) @ t
+        rows = _rows(m, inp, out)
+        for i, o in zip(inp.split(rows), out.split(rows), strict=True):  # bounded im2col memory
+            g_, r_ = _normal_sums(_unfold(m, i), t := _targets(m, o))
             gram = g_ if gram is None else gram + g_
             rhs = r_ if rhs is None else rhs + r_
             target_ss += float((t * t).sum())

@@ -84,18 +84,37 @@ def _leaves(v) -> list[Tensor]:
     raise ValueError(f"reconstruction: a block output of type {type(v).__name__} is not tensors")
 
 
-def _stream(fn, x: Tensor) -> list[Tensor]:
+def _stream(fn, x: Tensor, into: Tensor | None = None) -> list[Tensor]:
     """``fn`` (a block, a model) on ``x`` chunk by chunk, without gradients: its output's
-    tensors, each written into one tensor over all images (no concatenated copy)."""
+    tensors, each written into one tensor over all images (no concatenated copy). With ``into``
+    (``x`` itself, when the caller no longer needs it) a single output of ``into``'s shape is
+    written over it, chunk by chunk after that chunk was read: no second copy is alive."""
     out: list[Tensor] = []
     with torch.no_grad():
         for i, chunk in enumerate(x.split(CHUNK)):
             leaves = _leaves(fn(chunk))
             if not out:
-                out = [_empty_like(t, x.shape[0]) for t in leaves]
+                fits = into is not None and len(leaves) == 1
+                fits = fits and leaves[0].shape[1:] == into.shape[1:]
+                fits = fits and leaves[0].dtype == into.dtype
+                out = [into] if fits else [_empty_like(t, x.shape[0]) for t in leaves]
             for full, t in zip(out, leaves, strict=True):
                 full[i * CHUNK : i * CHUNK + t.shape[0]].copy_(t)
     return out
+
+
+def _stream_error(fn, x: Tensor, targets: list[Tensor]) -> float:
+    """Relative squared error of ``fn``'s output on ``x`` against ``targets``, summed chunk by
+    chunk in float64, keeping no output."""
+    num = den = 0.0
+    with torch.no_grad():
+        for i, chunk in enumerate(x.split(CHUNK)):
+            rows = slice(i * CHUNK, i * CHUNK + chunk.shape[0])
+            for o, t in zip(_leaves(fn(chunk)), targets, strict=True):
+                o, t = o.double(), t[rows].double()
+                num += float((o - t).pow(2).sum())
+                den += float(t.pow(2).sum())
+    return num / max(den, 1e-300)
 
 
 def _empty_like(t: Tensor, n: int) -> Tensor:
@@ -104,17 +123,6 @@ def _empty_like(t: Tensor, n: int) -> Tensor:
     cl = cl and t.is_contiguous(memory_format=torch.channels_last)
     fmt = torch.channels_last if cl else torch.contiguous_format
     return torch.empty((n, *t.shape[1:]), dtype=t.dtype, device=t.device, memory_format=fmt)
-
-
-def _rel_error(outs: list[Tensor], targets: list[Tensor]) -> float:
-    """Relative squared error over all images, summed chunk by chunk in float64."""
-    num = den = 0.0
-    for i in range(0, targets[0].shape[0], CHUNK):
-        for o, t in zip(outs, targets, strict=True):
-            o, t = o[i : i + CHUNK].double(), t[i : i + CHUNK].double()
-            num += float((o - t).pow(2).sum())
-            den += float(t.pow(2).sum())
-    return num / max(den, 1e-300)
 
 
 def _loss(out, target: list[Tensor]) -> Tensor:
@@ -197,40 +205,43 @@ def reconstruct(
 
 def _blockwise(converted, teacher, layers, x, report, gen, *, steps, batch_size, lr) -> None:
     """Fit each block in turn. Alive at once, over all images: the converted model's input to
-    the block, the teacher's output of it (the target, then the teacher's next input) and, at
-    the end of the block, the converted block's output (the next input)."""
+    the block and the teacher's output of it (the target, then the teacher's next input); each
+    block's outputs are written over its inputs where the shapes agree (not over ``x``, which
+    distillation reads)."""
     ends = plan(converted, teacher, layers)
     cb, tb = split(converted, ends), split(teacher, ends)
     rc, rt = BlockRunner(converted), BlockRunner(teacher)
     xc = xt = x
     bar = tqdm(total=steps * len(cb), desc="reconstructing", disable=None, leave=False)
     for block, tblock in zip(cb, tb, strict=True):
-        target = _stream(partial(rt.block, tblock), xt)
+        own = xc is not x  # this block's inputs are ours to overwrite
+        target = _stream(partial(rt.block, tblock), xt, into=xt if own else None)
         xt = None  # the teacher's input is not needed again: free it
         fit = partial(rc.block, block)
-        before = _rel_error(_stream(fit, xc), target)
+        before = _stream_error(fit, xc, target)
         params = _trainable(block.parameters(converted))
         saved = copy.deepcopy([p.detach() for p in params])
         if params and steps:
             _optimize(fit, params, xc, target, steps, batch_size, lr, gen)
-        outs = _stream(fit, xc)
-        after = _rel_error(outs, target)
+        after = _stream_error(fit, xc, target)
         kept = after <= before
         if not kept:
             with torch.no_grad():
                 for p, s in zip(params, saved, strict=True):
                     p.copy_(s)
-            outs, after = _stream(fit, xc), before
+            after = before
         report.blocks.append(
             BlockFit(
                 f"{block.start} -> {block.end}", sum(p.numel() for p in params), before, after, kept
             )
         )
         if block is not cb[-1]:
+            outs = _stream(fit, xc, into=xc if own else None)
             if len(outs) != 1:
                 raise ValueError(f"reconstruction: block output {block.end} is not a tensor")
             xc, xt = outs[0], target[0]
-        del outs, target
+            del outs
+        del target
         bar.update(steps)
     bar.close()
 
@@ -240,7 +251,7 @@ def _distill(converted, original, x, gen, steps, batch_size, lr) -> tuple[float,
     target = _stream(original, x)
 
     def error() -> float:
-        return _rel_error(_stream(converted, x), target)
+        return _stream_error(converted, x, target)
 
     params = _trainable(converted.parameters())
     saved = copy.deepcopy([p.detach() for p in params])
