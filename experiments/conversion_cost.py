@@ -109,6 +109,7 @@ def peak_gib() -> float:
 def measure(name: str, n: int, steps: int, data: Path, width: int) -> dict:
     from proxynorm import convert
     from proxynorm.conversion import reconstruct
+    from proxynorm.environment import environment
 
     torch.manual_seed(0)
     bn, size = build(name, width)
@@ -138,7 +139,7 @@ def measure(name: str, n: int, steps: int, data: Path, width: int) -> dict:
             "teacher_conv_calls_per_conv_per_chunk": teacher_calls / convs / len(x.split(64)),
             "peak_gib_before": before, "peak_gib_closed_form": peak_closed,
             "peak_gib": peak_gib(),
-            "blocks": len(rec.blocks)}  # fmt: skip
+            "blocks": len(rec.blocks), "environment": environment()}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -231,6 +231,12 @@ def test_streaming_over_the_inputs_gives_what_copies_give_and_reuses_their_memor
     assert same[0].data_ptr() == y.data_ptr() and torch.equal(same[0], 2 * x)
     other = rmod._stream(lambda t: t[:, :1], x, into=x)  # another shape: a new tensor
     assert other[0].data_ptr() != x.data_ptr() and torch.equal(other[0], x[:, :1])
+    target = [x.flip(0)]
+    exact = float((x.double() - x.flip(0).double()).pow(2).sum() / x.double().pow(2).sum())
+    assert rmod._stream_error(lambda t: t, x, target) == pytest.approx(exact, rel=1e-12)
+    monkeypatch.setattr(rmod, "ERROR_ELEMENTS", 1)  # one image per float64 piece
+    assert rmod._stream_error(lambda t: t, x, target) == pytest.approx(exact, rel=1e-12)
+    monkeypatch.undo()
 
     def run(in_place: bool):
         torch.manual_seed(0)  # the same initial weights in both runs

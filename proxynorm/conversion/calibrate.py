@@ -323,17 +323,20 @@ def _fit_layer(conv: _Side, orig: _Side, name: str) -> LayerFit:
     sums = {k: torch.zeros(c, dtype=torch.float64) for k in ("y", "v", "yy", "vv", "yv")}
     sums["n"] = torch.zeros((), dtype=torch.float64)
     for xc, xo in zip(conv.inputs, orig.inputs, strict=True):
-        bn_in = _capture(orig, xo, {name: "in"})[name].double()
-        shape = (1, -1, *[1] * (bn_in.dim() - 2))
-        v = a.view(shape) * bn_in + b.view(shape)
-        y = layer.norm(_capture(conv, xc, {name: "in"})[name]).double()
-        dims = [0, *range(2, y.dim())]
-        sums["y"] += y.sum(dims)
-        sums["v"] += v.sum(dims)
-        sums["yy"] += (y * y).sum(dims)
-        sums["vv"] += (v * v).sum(dims)
-        sums["yv"] += (y * v).sum(dims)
-        sums["n"] += y.numel() / c
+        bn_in = _capture(orig, xo, {name: "in"})[name]
+        y_all = layer.norm(_capture(conv, xc, {name: "in"})[name])
+        rows = max(1, UNFOLD_ELEMENTS // 4 // max(bn_in[0].numel(), 1))  # float64 temporaries
+        for x, y in zip(bn_in.split(rows), y_all.split(rows), strict=True):
+            shape = (1, -1, *[1] * (x.dim() - 2))
+            v = a.view(shape) * x.double() + b.view(shape)
+            y = y.double()
+            dims = [0, *range(2, y.dim())]
+            sums["y"] += y.sum(dims)
+            sums["v"] += v.sum(dims)
+            sums["yy"] += (y * y).sum(dims)
+            sums["vv"] += (v * v).sum(dims)
+            sums["yv"] += (y * v).sum(dims)
+            sums["n"] += y.numel() / c
     n = sums["n"]
     mean_y, mean_v = sums["y"] / n, sums["v"] / n
     var_y = (sums["yy"] / n - mean_y**2).clamp_min(0)

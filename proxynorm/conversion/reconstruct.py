@@ -41,6 +41,7 @@ from proxynorm.conversion.calibrate import input_batches
 from proxynorm.conversion.fx import trace_holders
 
 CHUNK = 64  # images per forward pass when streaming (bounds the activation memory)
+ERROR_ELEMENTS = 2**22  # entries per float64 piece of an error sum (32 MiB)
 
 
 @dataclass
@@ -104,16 +105,19 @@ def _stream(fn, x: Tensor, into: Tensor | None = None) -> list[Tensor]:
 
 
 def _stream_error(fn, x: Tensor, targets: list[Tensor]) -> float:
-    """Relative squared error of ``fn``'s output on ``x`` against ``targets``, summed chunk by
-    chunk in float64, keeping no output."""
+    """Relative squared error of ``fn``'s output on ``x`` against ``targets``, summed in float64
+    piece by piece (at most :data:`ERROR_ELEMENTS` entries, or one image, at a time), keeping
+    no output."""
     num = den = 0.0
     with torch.no_grad():
         for i, chunk in enumerate(x.split(CHUNK)):
             rows = slice(i * CHUNK, i * CHUNK + chunk.shape[0])
             for o, t in zip(_leaves(fn(chunk)), targets, strict=True):
-                o, t = o.double(), t[rows].double()
-                num += float((o - t).pow(2).sum())
-                den += float(t.pow(2).sum())
+                per = max(1, ERROR_ELEMENTS // max(o[0].numel(), 1))  # images per piece
+                for a, b in zip(o.split(per), t[rows].split(per), strict=True):
+                    a, b = a.double(), b.double()
+                    num += float((a - b).pow_(2).sum())
+                    den += float(b.pow(2).sum())
     return num / max(den, 1e-300)
 
 
