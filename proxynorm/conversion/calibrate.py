@@ -365,8 +365,9 @@ def _refit_consumer(conv: _Side, orig: _Side, name: str, ridge: float, report) -
         rows = _rows(m, inp, out)
         for i, o in zip(inp.split(rows), out.split(rows), strict=True):  # bounded im2col memory
             g_, r_ = _normal_sums(_unfold(m, i), t := _targets(m, o))
-            gram = g_ if gram is None else gram + g_
-            rhs = r_ if rhs is None else rhs + r_
+            gram = g_ if gram is None else gram.add_(g_)
+            rhs = r_ if rhs is None else rhs.add_(r_)
+            del g_, r_
             target_ss += float((t * t).sum())
 
     def sse(theta: Tensor) -> float:  # Σ‖P θ − T‖² from the normal equations' sums
@@ -377,10 +378,11 @@ def _refit_consumer(conv: _Side, orig: _Side, name: str, ridge: float, report) -
         )
 
     before = sse(_current(m))
-    k = gram.shape[-1]
     scale = gram.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)
-    eye = torch.eye(k, dtype=gram.dtype)
-    theta = torch.linalg.solve(gram + ridge * scale.view(-1, 1, 1) * eye, rhs)
+    system = gram.clone()  # gram + ridge * scale * I, without an identity matrix in memory
+    system.diagonal(dim1=1, dim2=2).add_(ridge * scale.view(-1, 1))
+    theta = torch.linalg.solve(system, rhs)
+    del system
     if _set_weights(m, theta):
         report.biased.append(name)
     return ConsumerFit(name, before / max(target_ss, 1e-300), sse(theta) / max(target_ss, 1e-300))
