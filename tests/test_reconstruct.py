@@ -252,3 +252,19 @@ def test_streaming_over_the_inputs_gives_what_copies_give_and_reuses_their_memor
     (rec_a, sd_a), (rec_b, sd_b) = run(True), run(False)
     assert [vars(b) for b in rec_a.blocks] == [vars(b) for b in rec_b.blocks]
     assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+
+
+def test_a_block_run_keeps_only_live_values_and_nothing_after_it():
+    bn = _small_resnet20()
+    gm, report = convert(bn, "gn+pn", groups=2)
+    gm.eval()
+    teacher = fx.GraphModule(bn, trace_holders(bn, training=False))
+    blocks = split(gm, plan(gm, teacher, set(report.converted)))
+    runner, h, live = BlockRunner(gm), _images(4), []
+    for m in gm.modules():
+        m.register_forward_pre_hook(lambda *_: live.append(len(runner.env)))
+    for block in blocks:
+        h = runner.block(block, h)
+        assert runner.env == {}  # nothing of the block kept once it returned
+    assert max(len(b.nodes) for b in blocks) >= 7 and max(live) <= 3  # a residual block: x, h
+    assert torch.equal(h, gm(_images(4)))

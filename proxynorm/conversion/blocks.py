@@ -145,14 +145,27 @@ class BlockRunner(fx.Interpreter):
         self.by_name = {n.name: n for n in gm.graph.nodes}
 
     def block(self, block: Block, x):
-        """The value of ``block.end`` (the model's output for the last block) given ``x``."""
+        """The value of ``block.end`` (the model's output for the last block) given ``x``.
+
+        Each value is dropped after its last use in the block, and none is kept after it (as
+        ``fx.Interpreter.run`` does): only the live activations are in memory."""
+        last = {n: i for i, node in enumerate(block.nodes) for n in node.all_input_nodes}
         self.env = {self.by_name[block.start]: x}
-        for node in block.nodes:
-            self._fill(node.all_input_nodes)
-            if node.op == "output":
-                return self.run_node(node)
-            self.env[node] = self.run_node(node)
-        return self.env[block.nodes[-1]]
+        try:
+            for i, node in enumerate(block.nodes):
+                self._fill(node.all_input_nodes)
+                if node.op == "output":
+                    return self.run_node(node)
+                value = self.run_node(node)
+                for n in node.all_input_nodes:
+                    if last[n] == i:
+                        del self.env[n]
+                if node is block.nodes[-1]:
+                    return value
+                self.env[node] = value
+        finally:
+            self.env = {}
+        raise AssertionError("unreachable: a block ends at its last node")
 
     def _fill(self, needed) -> None:
         """Compute the input-independent values a node reads and the block has not seen."""
